@@ -1,0 +1,39 @@
+"""embedkit: encode, fine-tune, convert, verify, serve and scale BGE-style text-embedding models, offline.
+
+Example:
+    >>> from embedkit import Embedder
+    >>> m = Embedder("minilm")                 # or any local model folder
+    >>> m.encode_queries(["what is bge?"]).shape
+    (1, 384)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, DataError, EmbedkitError, SpecError
+from .spec import EmbedderSpec
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .embedder import Embedder
+
+
+def __getattr__(name: str) -> Any:
+    # Embedder pulls in torch + transformers; import it on first use so `embedkit --help` stays fast.
+    if name == "Embedder":
+        from .embedder import Embedder
+
+        return Embedder
+    raise AttributeError(f"module 'embedkit' has no attribute {name!r}")
+
+
+def load(model: str, **kwargs: Any) -> Embedder:
+    """Load a local model folder (or ``"minilm"``) as an :class:`Embedder`; keyword arguments as for it."""
+    from .embedder import Embedder
+
+    return Embedder(model, **kwargs)
+
+
+__all__ = ["Embedder", "EmbedderSpec", "load", "EmbedkitError", "SpecError", "CheckpointError", "DataError"]

@@ -1,0 +1,86 @@
+"""The PyTorch backend: a transformers ``AutoModel`` loaded from a local folder."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, SpecError
+
+logger = logging.getLogger("embedkit")
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``None`` -> float32; accepts ``"fp32" | "fp16" | "bf16"`` (and long names) or a ``torch.dtype``."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise SpecError(f"unsupported dtype {dtype}", hint="use fp32, fp16 or bf16")
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise SpecError(f"unknown dtype {dtype!r}", hint="use fp32, fp16 or bf16") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` -> ``cuda`` when available, else ``cpu``."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise SpecError(f"invalid device {device!r}: {exc}", hint="use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(f"device {device!r} asked for, but CUDA is not available here", hint="use device='cpu'")
+    return dev
+
+
+class TorchBackend:
+    """Runs ``AutoModel`` (no pooling head) in inference mode and returns the last hidden state.
+
+    Example:
+        >>> b = TorchBackend("path/to/model", device="cpu")
+        >>> hidden, mask = b.forward({"input_ids": ids, "attention_mask": mask})
+    """
+
+    def __init__(self, model_dir: str | Path, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None) -> None:
+        from transformers import AutoModel
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        try:
+            self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, dtype=self.dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"cannot load the model in {model_dir}: {exc}",
+                hint="check config.json and the weight files (`embedkit inspect` lists what the folder holds)",
+            ) from exc
+        self.model.to(self.device).eval()
+        self.hidden_size: int = int(self.model.config.hidden_size)
+        accepted = set(inspect.signature(self.model.forward).parameters)
+        self.input_names = tuple(
+            n for n in ("input_ids", "attention_mask", "token_type_ids", "position_ids") if n in accepted
+        )
+
+    @torch.inference_mode()
+    def forward(self, features: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model on padded numpy features; returns ``(last_hidden_state, attention_mask)``."""
+        inputs = {
+            k: torch.from_numpy(v).to(self.device, non_blocking=True)
+            for k, v in features.items() if k in self.input_names
+        }
+        out = self.model(**inputs, return_dict=True)
+        return out.last_hidden_state, inputs["attention_mask"]

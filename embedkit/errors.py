@@ -1,0 +1,38 @@
+"""embedkit's exception types.
+
+Every error a user can cause carries a ``message`` (what is wrong, naming the file, field or argument) and a
+``hint`` (how to fix it). The CLI prints both and exits with status 2.
+"""
+
+from __future__ import annotations
+
+
+class EmbedkitError(Exception):
+    """Base class of every embedkit error.
+
+    Example:
+        >>> raise EmbedkitError("no model at ./m", hint="pass a local folder")
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\nhint: {self.hint}" if self.hint else self.message
+
+
+class SpecError(EmbedkitError, ValueError):
+    """The embedding recipe (pooling, lengths, instruction, dimension...) is invalid or cannot be resolved."""
+
+
+class CheckpointError(EmbedkitError):
+    """A model folder is missing, incomplete, or not what it should be."""
+
+
+class DataError(EmbedkitError, ValueError):
+    """Input data (a text file, a jsonl line, a field) is malformed."""
+
+
+__all__ = ["EmbedkitError", "SpecError", "CheckpointError", "DataError"]

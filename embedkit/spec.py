@@ -1,0 +1,416 @@
+"""The embedding recipe (:class:`EmbedderSpec`) and how it is resolved for a model folder.
+
+Resolution order, per field, never silent (``spec.provenance`` records which rule decided each field):
+
+1. arguments the user passes;
+2. the checkpoint's own sentence-transformers files (``modules.json``, ``1_Pooling/config.json``, ``2_Normalize``,
+   ``sentence_bert_config.json``, ``config_sentence_transformers.json`` prompts and its ``embedkit`` section);
+3. a small table of known model families, matched on the folder name and ``config.json``;
+4. otherwise CLS pooling + L2 normalization (the BGE convention), with a warning naming what was assumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, SpecError
+
+logger = logging.getLogger("embedkit")
+
+POOLING_MODES = ("cls", "mean", "last_token")
+"""The pooling methods embedkit implements (see :mod:`embedkit.pooling`)."""
+
+# sentence-transformers pooling names -> ours (None: a mode embedkit does not implement)
+_ST_POOLING = {
+    "cls": "cls",
+    "cls_token": "cls",
+    "mean": "mean",
+    "mean_tokens": "mean",
+    "lasttoken": "last_token",
+    "last_token": "last_token",
+    "max": None,
+    "max_tokens": None,
+    "mean_sqrt_len_tokens": None,
+    "weightedmean": None,
+    "weightedmean_tokens": None,
+}
+
+# Provenance labels.
+ARGUMENT = "argument"
+DEFAULT = "default"
+ASSUMED = "assumed (BGE convention)"
+
+ST_EXTRA_KEY = "embedkit"
+"""Key inside ``config_sentence_transformers.json`` holding the fields sentence-transformers has no place for."""
+
+
+@dataclass
+class EmbedderSpec:
+    """How a model turns text into a vector: one recipe shared by every backend, the server and the saved files.
+
+    Attributes:
+        pooling: ``"cls"``, ``"mean"`` or ``"last_token"``.
+        normalize: L2-normalize the (truncated) vectors.
+        query_instruction: text put before each query by :meth:`Embedder.encode_queries` (``None``: none).
+        query_instruction_format: how instruction and text are joined, ``format(instruction, text)``; a literal
+            ``\\n`` means a newline (as in FlagEmbedding).
+        passage_instruction / passage_instruction_format: the same for :meth:`Embedder.encode_corpus`.
+        query_max_length / passage_max_length: token limits (``encode`` uses the passage one).
+        truncate_dim: keep only the first ``truncate_dim`` dimensions (Matryoshka), before normalization.
+        do_lower_case: lower-case texts before tokenizing (sentence-transformers' ``do_lower_case``).
+        provenance: for each field, the rule that decided it.
+
+    Example:
+        >>> spec = EmbedderSpec(pooling="mean", query_instruction="query: ")
+        >>> spec.format_query("what is bge?")
+        'query: what is bge?'
+    """
+
+    pooling: str = "cls"
+    normalize: bool = True
+    query_instruction: str | None = None
+    query_instruction_format: str = "{}{}"
+    passage_instruction: str | None = None
+    passage_instruction_format: str = "{}{}"
+    query_max_length: int = 512
+    passage_max_length: int = 512
+    truncate_dim: int | None = None
+    do_lower_case: bool = False
+    provenance: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    # ------------------------------------------------------------------ text formatting
+    @staticmethod
+    def apply_instruction(text: str, instruction: str | None, instruction_format: str = "{}{}") -> str:
+        """Join ``instruction`` and ``text`` the way FlagEmbedding does (``\\n`` in the format means newline)."""
+        if instruction is None:
+            return text
+        return instruction_format.replace("\\n", "\n").format(instruction, text)
+
+    def format_query(self, text: str) -> str:
+        """A query as the model sees it (instruction applied)."""
+        return self.apply_instruction(text, self.query_instruction, self.query_instruction_format)
+
+    def format_passage(self, text: str) -> str:
+        """A passage as the model sees it (passage instruction applied, if any)."""
+        return self.apply_instruction(text, self.passage_instruction, self.passage_instruction_format)
+
+    # ------------------------------------------------------------------ validation / io
+    def validate(self, hidden_size: int | None = None, model_max_length: int | None = None) -> EmbedderSpec:
+        """Raise :class:`SpecError` naming the bad field and the fix; return ``self`` when all is well."""
+        if self.pooling not in POOLING_MODES:
+            raise SpecError(
+                f"unknown pooling {self.pooling!r} ({self._source('pooling')})",
+                hint=f"use one of {', '.join(POOLING_MODES)}",
+            )
+        for name in ("query_max_length", "passage_max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise SpecError(
+                    f"{name} must be a positive integer, got {value!r} ({self._source(name)})",
+                    hint="pass max_length=N (or query_max_length / passage_max_length) with N > 0",
+                )
+            if model_max_length is not None and value > model_max_length:
+                raise SpecError(
+                    f"{name}={value} exceeds what the model can take ({model_max_length} tokens)",
+                    hint=f"pass max_length={model_max_length} or less",
+                )
+        if self.truncate_dim is not None:
+            td = self.truncate_dim
+            if isinstance(td, bool) or not isinstance(td, int) or td <= 0:
+                raise SpecError(
+                    f"truncate_dim must be a positive integer or None, got {td!r}",
+                    hint="pass truncate_dim=None to keep every dimension",
+                )
+            if hidden_size is not None and td > hidden_size:
+                raise SpecError(
+                    f"truncate_dim={td} is larger than the model's hidden size {hidden_size}",
+                    hint=f"pass truncate_dim <= {hidden_size}, or None",
+                )
+        for name in ("query_instruction_format", "passage_instruction_format"):
+            fmt = getattr(self, name)
+            try:
+                probe = fmt.replace("\\n", "\n").format("\x00I\x00", "\x00T\x00")
+            except (IndexError, KeyError, ValueError, AttributeError) as exc:
+                raise SpecError(
+                    f"{name} {fmt!r} is not a format with two '{{}}' placeholders (instruction, text): {exc}",
+                    hint='use e.g. "{}{}" or "Instruct: {}\\nQuery: {}"',
+                ) from None
+            if "\x00I\x00" not in probe or "\x00T\x00" not in probe:
+                raise SpecError(
+                    f"{name} {fmt!r} must contain two '{{}}' placeholders: instruction first, then text",
+                    hint='use e.g. "{}{}" or "Instruct: {}\\nQuery: {}"',
+                )
+        for name in ("query_instruction", "passage_instruction"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise SpecError(f"{name} must be a string or None, got {type(value).__name__}")
+        return self
+
+    def _source(self, name: str) -> str:
+        return f"from {self.provenance.get(name, ARGUMENT)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain JSON-able values (without provenance)."""
+        d = asdict(self)
+        d.pop("provenance")
+        return d
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """Names of the recipe fields, in declaration order (without ``provenance``)."""
+        return [f.name for f in fields(cls) if f.name != "provenance"]
+
+
+# ---------------------------------------------------------------------- family table
+@dataclass(frozen=True)
+class Family:
+    """A known model family: a pattern on the folder / ``_name_or_path`` name and the recipe it implies."""
+
+    name: str
+    pattern: str
+    values: dict[str, Any]
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("bge-m3", r"bge-m3", {"pooling": "cls", "normalize": True}),
+    Family(
+        "bge-en-v1.5",
+        r"bge-(small|base|large)-en-v1\.5",
+        {"pooling": "cls", "normalize": True,
+         "query_instruction": "Represent this sentence for searching relevant passages: "},
+    ),
+    Family(
+        "bge-zh-v1.5",
+        r"bge-(small|base|large)-zh-v1\.5",
+        {"pooling": "cls", "normalize": True, "query_instruction": "为这个句子生成表示以用于检索相关文章："},
+    ),
+    Family("bge", r"(^|[^a-z])bge([^a-z]|$)", {"pooling": "cls", "normalize": True}),
+    Family(
+        "e5",
+        r"(^|[^a-z])e5-",
+        {"pooling": "mean", "normalize": True, "query_instruction": "query: ", "passage_instruction": "passage: "},
+    ),
+    Family("gte-qwen", r"gte-qwen", {"pooling": "last_token", "normalize": True}),
+    Family("qwen3-embedding", r"qwen3-embedding", {"pooling": "last_token", "normalize": True}),
+    Family(
+        "sentence-transformers",
+        r"all-minilm|all-mpnet|multi-qa-|paraphrase-",
+        {"pooling": "mean", "normalize": True},
+    ),
+)
+
+
+def match_family(model_dir: Path, config: dict[str, Any] | None = None) -> Family | None:
+    """The first family whose pattern matches the folder name or the config's ``_name_or_path``."""
+    names = [model_dir.name.lower()]
+    if config and isinstance(config.get("_name_or_path"), str):
+        names.append(config["_name_or_path"].lower())
+    for fam in FAMILIES:
+        if any(re.search(fam.pattern, n) for n in names):
+            return fam
+    return None
+
+
+# ---------------------------------------------------------------------- sentence-transformers files
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            hint="fix or delete the file (embedkit save rewrites it from a spec)",
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _module_kind(type_name: str) -> str:
+    return type_name.rsplit(".", 1)[-1]
+
+
+def _pooling_from_st_config(cfg: dict[str, Any], path: Path) -> str:
+    modes: list[str] = []
+    if "pooling_mode" in cfg:
+        raw = cfg["pooling_mode"]
+        modes = [raw] if isinstance(raw, str) else list(raw)
+    else:
+        modes = [k[len("pooling_mode_"):] for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True]
+    if len(modes) != 1:
+        raise SpecError(
+            f"{path}: {'no' if not modes else 'several'} pooling modes set ({modes or 'none'}); "
+            "embedkit needs exactly one",
+            hint="pass pooling='cls' | 'mean' | 'last_token' explicitly (or `embedkit save --pooling ...`)",
+        )
+    ours = _ST_POOLING.get(modes[0])
+    if ours is None:
+        raise SpecError(
+            f"{path}: pooling mode {modes[0]!r} is not supported by embedkit",
+            hint=f"supported: {', '.join(POOLING_MODES)}; pass pooling=... to override",
+        )
+    return ours
+
+
+def read_sentence_transformers_spec(model_dir: Path) -> dict[str, tuple[Any, str]]:
+    """Read the recipe fields a sentence-transformers layout records: ``{field: (value, source)}``.
+
+    A ``modules.json`` naming a ``Normalize`` module means normalize (the folder itself may be missing, as in
+    the packaged all-MiniLM-L6-v2). Modules embedkit cannot reproduce (``Dense``...) raise :class:`SpecError`
+    rather than silently producing different vectors.
+    """
+    found: dict[str, tuple[Any, str]] = {}
+    modules_path = model_dir / "modules.json"
+    if modules_path.is_file():
+        modules = _read_json(modules_path)
+        if not isinstance(modules, list):
+            raise CheckpointError(f"{modules_path}: expected a JSON list of modules", hint="fix or delete the file")
+        kinds = []
+        for i, mod in enumerate(modules):
+            if not isinstance(mod, dict) or not isinstance(mod.get("type"), str):
+                raise CheckpointError(f"{modules_path}: entry {i} has no 'type' string", hint="fix or delete the file")
+            kind = _module_kind(mod["type"])
+            kinds.append(kind)
+            if kind == "Pooling":
+                pool_cfg_path = model_dir / (mod.get("path") or "") / "config.json"
+                if not pool_cfg_path.is_file():
+                    raise CheckpointError(
+                        f"{modules_path} names a Pooling module but {pool_cfg_path} is missing",
+                        hint="pass pooling=... explicitly, or rewrite the layout with `embedkit save`",
+                    )
+                cfg = _read_json(pool_cfg_path)
+                rel = pool_cfg_path.relative_to(model_dir).as_posix()
+                found["pooling"] = (_pooling_from_st_config(cfg, pool_cfg_path), f"sentence-transformers ({rel})")
+            elif kind not in ("Transformer", "Normalize", "Pooling"):
+                raise SpecError(
+                    f"{modules_path}: module {i} is a {kind!r}, which embedkit cannot reproduce yet",
+                    hint="only Transformer -> Pooling -> Normalize pipelines are supported",
+                )
+        if "Pooling" in kinds:
+            found["normalize"] = ("Normalize" in kinds, "sentence-transformers (modules.json)")
+
+    sbert_path = model_dir / "sentence_bert_config.json"
+    if sbert_path.is_file():
+        cfg = _read_json(sbert_path)
+        src = "sentence-transformers (sentence_bert_config.json)"
+        if isinstance(cfg.get("max_seq_length"), int):
+            found["query_max_length"] = (cfg["max_seq_length"], src)
+            found["passage_max_length"] = (cfg["max_seq_length"], src)
+        if isinstance(cfg.get("do_lower_case"), bool):
+            found["do_lower_case"] = (cfg["do_lower_case"], src)
+
+    cst_path = model_dir / "config_sentence_transformers.json"
+    if cst_path.is_file():
+        cfg = _read_json(cst_path)
+        src = "sentence-transformers (config_sentence_transformers.json prompts)"
+        prompts = cfg.get("prompts") or {}
+        if isinstance(prompts, dict):
+            if "query" in prompts:
+                found["query_instruction"] = (prompts["query"] or None, src)
+            for key in ("document", "passage", "corpus"):
+                if key in prompts:
+                    found["passage_instruction"] = (prompts[key] or None, src)
+                    break
+        extra = cfg.get(ST_EXTRA_KEY)
+        if isinstance(extra, dict):
+            esrc = f"embedkit (config_sentence_transformers.json '{ST_EXTRA_KEY}')"
+            known = set(EmbedderSpec.field_names())
+            for key, value in extra.items():
+                if key in known:
+                    found[key] = (value, esrc)
+    return found
+
+
+# ---------------------------------------------------------------------- resolution
+def resolve_spec(
+    model_dir: str | Path,
+    overrides: dict[str, Any] | None = None,
+    *,
+    config: dict[str, Any] | None = None,
+    model_max_length: int | None = None,
+    hidden_size: int | None = None,
+    warn: bool = True,
+) -> EmbedderSpec:
+    """Resolve the :class:`EmbedderSpec` of a local model folder.
+
+    Args:
+        model_dir: the model folder.
+        overrides: user arguments (``None`` values are ignored); ``max_length`` sets both length fields unless
+            ``query_max_length`` / ``passage_max_length`` are given too.
+        config: the folder's ``config.json`` contents (read from disk when ``None``).
+        model_max_length: the most tokens the model takes; the default for lengths nothing else sets.
+        hidden_size: the model's output dimension, to validate ``truncate_dim``.
+        warn: log a warning when pooling / normalization had to be assumed.
+
+    Example:
+        >>> spec = resolve_spec("my-model", {"pooling": "mean"})
+        >>> spec.provenance["pooling"]
+        'argument'
+    """
+    model_dir = Path(model_dir)
+    overrides = dict(overrides or {})
+    if config is None:
+        cfg_path = model_dir / "config.json"
+        config = _read_json(cfg_path) if cfg_path.is_file() else {}
+    if model_max_length is None:
+        model_max_length = model_max_length_from_config(config)
+    max_length = overrides.pop("max_length", None)
+    for key in ("query_max_length", "passage_max_length"):
+        if overrides.get(key) is None and max_length is not None:
+            overrides[key] = max_length
+    unknown = set(overrides) - set(EmbedderSpec.field_names())
+    if unknown:
+        raise SpecError(f"unknown spec field(s): {', '.join(sorted(unknown))}",
+                        hint=f"known fields: {', '.join(EmbedderSpec.field_names())}")
+
+    st = read_sentence_transformers_spec(model_dir)
+    fam = match_family(model_dir, config)
+    defaults = EmbedderSpec()
+    values: dict[str, Any] = {}
+    provenance: dict[str, str] = {}
+    for name in EmbedderSpec.field_names():
+        if overrides.get(name) is not None:
+            values[name], provenance[name] = overrides[name], ARGUMENT
+        elif name in st:
+            values[name], provenance[name] = st[name]
+        elif fam is not None and name in fam.values:
+            values[name], provenance[name] = fam.values[name], f"family table ({fam.name})"
+        elif name in ("pooling", "normalize"):
+            values[name], provenance[name] = getattr(defaults, name), ASSUMED
+        elif name in ("query_max_length", "passage_max_length") and model_max_length is not None:
+            values[name], provenance[name] = min(512, model_max_length), "model limit (config / tokenizer)"
+        else:
+            values[name], provenance[name] = getattr(defaults, name), DEFAULT
+    spec = EmbedderSpec(**values, provenance=provenance)
+    assumed = [n for n in ("pooling", "normalize") if provenance[n] == ASSUMED]
+    if assumed and warn:
+        logger.warning(
+            "%s: no %s recorded (no sentence-transformers files, unknown model family); assuming %s. "
+            "If that is wrong, pass pooling=/normalize= or record it once with "
+            "`embedkit save %s OUT --pooling cls|mean|last_token`.",
+            model_dir, " or ".join(assumed),
+            ", ".join(f"{n}={getattr(spec, n)!r}" for n in assumed), model_dir,
+        )
+    return spec.validate(hidden_size=hidden_size, model_max_length=model_max_length)
+
+
+_POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "mpnet")
+
+
+def model_max_length_from_config(config: dict[str, Any]) -> int | None:
+    """The most tokens a model can take, from its ``config.json`` (``None`` when it does not say)."""
+    n = config.get("max_position_embeddings")
+    if not isinstance(n, int) or n <= 0:
+        return None
+    if config.get("model_type") in _POSITION_OFFSET_MODELS:
+        pad = config.get("pad_token_id")
+        n -= (pad if isinstance(pad, int) else 1) + 1
+    return n
+
+
+def describe(spec: EmbedderSpec) -> list[tuple[str, Any, str]]:
+    """``(field, value, rule)`` rows, for ``embedkit spec`` and ``embedkit inspect``."""
+    return [(n, getattr(spec, n), spec.provenance.get(n, ARGUMENT)) for n in EmbedderSpec.field_names()]
