@@ -17,12 +17,11 @@ from .batching import batches, length_sorted_order, pad_features
 from .checkpoint.layout import check_model_folder
 from .errors import CheckpointError, SpecError
 from .models import resolve_model_path
-from .spec import EmbedderSpec, model_max_length_from_config, resolve_spec
+from .spec import EmbedderSpec, load_spec, model_token_limit
 
 logger = logging.getLogger("embedkit")
 
 ConvertTo = Literal["numpy", "torch"]
-_SANE_TOKENIZER_LIMIT = 1_000_000  # tokenizers without a limit report ~1e30
 
 
 def _check_texts(texts: Any) -> tuple[list[str], bool]:
@@ -86,44 +85,31 @@ class Embedder:
         batch_size: int = 256,
         show_progress: bool | None = None,
     ) -> None:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}", hint="e.g. batch_size=64")
         self.path = check_model_folder(resolve_model_path(model))
-        try:
-            config = AutoConfig.from_pretrained(str(self.path), local_files_only=True)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"cannot load the config or tokenizer in {self.path}: {exc}",
-                hint="check config.json and the tokenizer files (`embedkit inspect` lists what the folder holds)",
-            ) from exc
-        hidden_size = int(config.hidden_size)
-        self.model_max_length = self._model_max_length(config.to_dict())
-        self.spec: EmbedderSpec = resolve_spec(
+        self.spec: EmbedderSpec = load_spec(
             self.path,
             dict(pooling=pooling, normalize=normalize, query_instruction=query_instruction,
                  query_instruction_format=query_instruction_format, passage_instruction=passage_instruction,
                  passage_instruction_format=passage_instruction_format, max_length=max_length,
                  query_max_length=query_max_length, passage_max_length=passage_max_length,
                  truncate_dim=truncate_dim),
-            config=config.to_dict(),
-            model_max_length=self.model_max_length,
-            hidden_size=hidden_size,
         )
+        self.model_max_length = model_token_limit(self.path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"cannot load the tokenizer in {self.path}: {exc}",
+                hint="check the tokenizer files (`embedkit inspect` lists what the folder holds)",
+            ) from exc
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.backend = TorchBackend(self.path, device=device, dtype=dtype)
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
-    def _model_max_length(self, config: dict[str, Any]) -> int | None:
-        limits = [model_max_length_from_config(config)]
-        tok_limit = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tok_limit, int) and 0 < tok_limit < _SANE_TOKENIZER_LIMIT:
-            limits.append(tok_limit)
-        limits = [n for n in limits if n]
-        return min(limits) if limits else None
 
     @property
     def dim(self) -> int:

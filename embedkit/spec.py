@@ -398,6 +398,7 @@ def resolve_spec(
 
 
 _POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "mpnet")
+_SANE_TOKENIZER_LIMIT = 1_000_000  # tokenizers without a limit report ~1e30
 
 
 def model_max_length_from_config(config: dict[str, Any]) -> int | None:
@@ -409,6 +410,38 @@ def model_max_length_from_config(config: dict[str, Any]) -> int | None:
         pad = config.get("pad_token_id")
         n -= (pad if isinstance(pad, int) else 1) + 1
     return n
+
+
+def model_token_limit(model_dir: str | Path, config: dict[str, Any] | None = None) -> int | None:
+    """The most tokens a model folder takes: the smaller of the position limit and the tokenizer's limit."""
+    model_dir = Path(model_dir)
+    if config is None:
+        config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else {}
+    limits = [model_max_length_from_config(config)]
+    tok_cfg_path = model_dir / "tokenizer_config.json"
+    if tok_cfg_path.is_file():
+        tok_limit = _read_json(tok_cfg_path).get("model_max_length")
+        if isinstance(tok_limit, (int, float)) and 0 < tok_limit < _SANE_TOKENIZER_LIMIT:
+            limits.append(int(tok_limit))
+    limits = [n for n in limits if n]
+    return min(limits) if limits else None
+
+
+def load_spec(model_dir: str | Path, overrides: dict[str, Any] | None = None, *, warn: bool = True) -> EmbedderSpec:
+    """Resolve the spec of a model folder from its files alone (no weights or tokenizer are loaded).
+
+    Example:
+        >>> load_spec("minilm").pooling
+        'mean'
+    """
+    from .checkpoint.layout import check_model_folder
+    from .models import resolve_model_path
+
+    folder = check_model_folder(resolve_model_path(model_dir))
+    config = _read_json(folder / "config.json")
+    hidden = config.get("hidden_size") or config.get("d_model")
+    return resolve_spec(folder, overrides, config=config, model_max_length=model_token_limit(folder, config),
+                        hidden_size=hidden if isinstance(hidden, int) else None, warn=warn)
 
 
 def describe(spec: EmbedderSpec) -> list[tuple[str, Any, str]]:

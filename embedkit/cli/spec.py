@@ -1,0 +1,38 @@
+"""``embedkit spec``: the resolved embedding recipe of a model and the rule behind each field."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from .app import app
+
+
+@app.command("spec")
+def spec_command(
+    model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: {field: {value, rule}}."),
+) -> None:
+    """Print MODEL's resolved spec (pooling, normalization, instructions, lengths...) and who decided each field.
+
+    Example: embedkit spec minilm --json
+    """
+    from ..spec import describe, load_spec
+
+    spec = load_spec(model, warn=not as_json)
+    rows = describe(spec)
+    if as_json:
+        typer.echo(json.dumps({name: {"value": value, "rule": rule} for name, value, rule in rows},
+                              indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"spec of {model}")
+    table.add_column("field")
+    table.add_column("value")
+    table.add_column("decided by")
+    for name, value, rule in rows:
+        table.add_row(name, repr(value), rule)
+    Console().print(table)
