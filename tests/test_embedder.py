@@ -1,0 +1,158 @@
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from embedkit import CheckpointError, Embedder, EmbedkitError, SpecError
+
+
+def test_single_string_and_empty_list(minilm, hostile_texts):
+    one = minilm.encode(hostile_texts[0])
+    assert one.shape == (384,) and one.dtype == np.float32
+    np.testing.assert_allclose(one, minilm.encode(hostile_texts)[0], atol=1e-5)
+    empty = minilm.encode([])
+    assert empty.shape == (0, 384) and empty.dtype == np.float32
+    assert minilm.dim == 384
+
+
+def test_empty_and_whitespace_texts_encode(minilm):
+    out = minilm.encode(["", " ", "\n\t"])
+    assert out.shape == (3, 384)
+    assert np.isfinite(out).all()
+
+
+def test_batch_size_invariance(minilm, hostile_texts):
+    a = minilm.encode(hostile_texts, batch_size=1)
+    b = minilm.encode(hostile_texts, batch_size=64)
+    assert np.abs(a - b).max() <= 1e-5
+
+
+def test_order_is_restored(minilm, hostile_texts):
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(hostile_texts))
+    shuffled = [hostile_texts[i] for i in perm]
+    out = minilm.encode(shuffled, batch_size=3)
+    singles = np.stack([minilm.encode(t) for t in shuffled])
+    assert np.abs(out - singles).max() <= 1e-5
+    # duplicates land on identical rows
+    base = minilm.encode(hostile_texts, batch_size=3)
+    np.testing.assert_allclose(base[0], base[7], atol=1e-6)
+
+
+def test_convert_to_torch(minilm):
+    out = minilm.encode(["a", "b"], convert_to="torch")
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 384)
+    with pytest.raises(SpecError, match="convert_to"):
+        minilm.encode(["a"], convert_to="list")
+
+
+def test_non_string_items_raise_type_error_naming_index(minilm):
+    with pytest.raises(TypeError, match=r"texts\[2\] is int"):
+        minilm.encode(["a", "b", 3])
+    with pytest.raises(TypeError, match=r"texts\[0\] is NoneType"):
+        minilm.encode_queries([None])
+    with pytest.raises(TypeError, match="got bytes"):
+        minilm.encode(b"bytes")
+
+
+def test_truncate_dim(minilm_dir):
+    m = Embedder(minilm_dir, truncate_dim=64, show_progress=False)
+    out = m.encode(["hello", "world"])
+    assert out.shape == (2, 64) and m.dim == 64
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_max_length_per_call_changes_long_text(minilm, hostile_texts):
+    long = hostile_texts[6]
+    assert not np.allclose(minilm.encode(long, max_length=8), minilm.encode(long))
+    with pytest.raises(SpecError, match="exceeds"):
+        minilm.encode(long, max_length=4096)
+
+
+@pytest.mark.parametrize("bad", ["BAAI/bge-small-en-v1.5", "./no/such/folder"])
+def test_not_a_local_folder(bad):
+    with pytest.raises(CheckpointError, match="offline") as info:
+        Embedder(bad)
+    assert "tried" in info.value.message and info.value.hint
+
+
+def test_a_file_is_not_a_folder(tmp_path):
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="is a file"):
+        Embedder(f)
+
+
+def test_missing_weights_and_tokenizer_are_listed(tiny_copy):
+    folder = tiny_copy("incomplete")
+    (folder / "model.safetensors").unlink()
+    for name in ("tokenizer.json", "vocab.txt"):
+        (folder / name).unlink()
+    with pytest.raises(CheckpointError) as info:
+        Embedder(folder)
+    assert "weights" in info.value.message and "tokenizer" in info.value.message
+
+
+def test_missing_config(tiny_copy):
+    folder = tiny_copy("noconfig")
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json"):
+        Embedder(folder)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"pooling": "max"}, "unknown pooling 'max'"),
+        ({"max_length": 0}, "positive integer"),
+        ({"query_max_length": -3}, "query_max_length must be a positive integer"),
+        ({"passage_max_length": 10_000}, "exceeds what the model can take"),
+        ({"truncate_dim": 33}, "larger than the model's hidden size 32"),
+        ({"truncate_dim": 0}, "positive integer"),
+        ({"query_instruction_format": "{}"}, "two"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"dtype": "int3"}, "unknown dtype"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(tiny_bert, kwargs, match):
+    with pytest.raises(SpecError, match=match) as info:
+        Embedder(tiny_bert, **kwargs)
+    assert isinstance(info.value, EmbedkitError)
+
+
+def test_st_layout_without_normalize_folder_is_fine(minilm):
+    # the packaged MiniLM lists 2_Normalize in modules.json but ships no such folder
+    assert minilm.spec.normalize is True
+    assert "modules.json" in minilm.spec.provenance["normalize"]
+
+
+def test_broken_st_file_names_the_file(tiny_copy):
+    folder = tiny_copy("broken-st")
+    (folder / "modules.json").write_text("[{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"modules.json: invalid JSON at line 1"):
+        Embedder(folder)
+
+
+def test_unsupported_st_module_is_refused(tiny_copy):
+    folder = tiny_copy("dense-st")
+    (folder / "modules.json").write_text(
+        '[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},'
+        '{"idx":1,"name":"1","path":"1_Dense","type":"sentence_transformers.models.Dense"}]', encoding="utf-8")
+    with pytest.raises(SpecError, match="Dense"):
+        Embedder(folder)
+
+
+def test_copy_of_minilm_loads_from_any_folder(minilm_dir, tmp_path):
+    dst = tmp_path / "copied"
+    shutil.copytree(minilm_dir, dst)
+    m = Embedder(dst, show_progress=False)
+    assert m.spec.pooling == "mean"
+
+
+def test_assumed_spec_warns(tiny_bert, caplog):
+    with caplog.at_level(logging.WARNING, logger="embedkit"):
+        Embedder(tiny_bert, show_progress=False)
+    assert "assuming pooling='cls', normalize=True" in caplog.text
+    assert "embedkit save" in caplog.text

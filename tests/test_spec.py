@@ -1,0 +1,93 @@
+import json
+import logging
+
+import pytest
+
+from embedkit import EmbedderSpec, SpecError
+from embedkit.spec import ARGUMENT, ASSUMED, load_spec, match_family
+
+
+def test_rule1_arguments_win(minilm_dir):
+    spec = load_spec(minilm_dir, {"pooling": "cls", "normalize": False, "max_length": 128})
+    assert (spec.pooling, spec.normalize, spec.query_max_length, spec.passage_max_length) == ("cls", False, 128, 128)
+    for f in ("pooling", "normalize", "query_max_length", "passage_max_length"):
+        assert spec.provenance[f] == ARGUMENT
+
+
+def test_max_length_does_not_override_specific_lengths(tiny_bert):
+    spec = load_spec(tiny_bert, {"max_length": 64, "query_max_length": 16}, warn=False)
+    assert (spec.query_max_length, spec.passage_max_length) == (16, 64)
+
+
+def test_rule2_sentence_transformers_files(minilm_dir):
+    spec = load_spec(minilm_dir)
+    assert spec.pooling == "mean" and spec.normalize is True and spec.query_max_length == 256
+    assert spec.provenance["pooling"] == "sentence-transformers (1_Pooling/config.json)"
+    assert spec.provenance["query_max_length"] == "sentence-transformers (sentence_bert_config.json)"
+
+
+def test_rule2_prompts_and_embedkit_section(tiny_copy):
+    folder = tiny_copy("with-prompts")
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "lasttoken"}))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": "query: ", "document": ""},
+        "embedkit": {"query_instruction_format": "{}: {}", "truncate_dim": 8},
+    }))
+    spec = load_spec(folder)
+    assert spec.pooling == "last_token" and spec.normalize is False  # no Normalize module: ST does not normalize
+    assert spec.query_instruction == "query: " and spec.passage_instruction is None
+    assert spec.query_instruction_format == "{}: {}" and spec.truncate_dim == 8
+    assert "prompts" in spec.provenance["query_instruction"]
+    assert spec.provenance["truncate_dim"].startswith("embedkit")
+
+
+def test_rule2_unsupported_pooling_mode(tiny_copy):
+    folder = tiny_copy("max-pool")
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    with pytest.raises(SpecError, match="pooling mode 'max_tokens' is not supported"):
+        load_spec(folder)
+
+
+def test_rule3_family_table(tiny_copy):
+    folder = tiny_copy("bge-small-en-v1.5")
+    spec = load_spec(folder)
+    assert spec.pooling == "cls" and spec.normalize is True
+    assert spec.query_instruction.startswith("Represent this sentence")
+    assert spec.provenance["pooling"] == "family table (bge-en-v1.5)"
+    e5 = load_spec(tiny_copy("multilingual-e5-small"))
+    assert (e5.pooling, e5.query_instruction, e5.passage_instruction) == ("mean", "query: ", "passage: ")
+
+
+def test_rule4_assumed_with_warning(tiny_bert, caplog):
+    with caplog.at_level(logging.WARNING, logger="embedkit"):
+        spec = load_spec(tiny_bert)
+    assert spec.provenance["pooling"] == ASSUMED and spec.provenance["normalize"] == ASSUMED
+    assert (spec.pooling, spec.normalize) == ("cls", True)
+    assert "embedkit save" in caplog.text and "--pooling" in caplog.text
+    assert spec.provenance["query_max_length"].startswith("model limit")
+    assert spec.query_max_length == 128
+
+
+def test_family_matching():
+    from pathlib import Path
+
+    assert match_family(Path("/m/bge-m3")).name == "bge-m3"
+    assert match_family(Path("/m/my-model"), {"_name_or_path": "BAAI/bge-base-en-v1.5"}).name == "bge-en-v1.5"
+    assert match_family(Path("/m/gte-Qwen2-1.5B-instruct")).values["pooling"] == "last_token"
+    assert match_family(Path("/m/Qwen3-Embedding-0.6B")).values["pooling"] == "last_token"
+    assert match_family(Path("/m/something-else")) is None
+
+
+def test_spec_format_and_newline():
+    spec = EmbedderSpec(query_instruction="Find", query_instruction_format="Instruct: {}\\nQuery: {}")
+    assert spec.format_query("x") == "Instruct: Find\nQuery: x"
+    assert spec.format_passage("x") == "x"
+    assert EmbedderSpec().to_dict()["pooling"] == "cls"
