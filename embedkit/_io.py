@@ -30,3 +30,61 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+@contextlib.contextmanager
+def atomic_dir(dst: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder in a temporary sibling and rename it onto ``dst`` only when the block succeeds.
+
+    Yields the temporary folder to write into. On success an existing ``dst`` (allowed only with ``overwrite``)
+    is first moved aside, the new folder renamed into place, then the old one deleted: a kill at any moment
+    leaves ``dst`` complete-old, complete-new or absent (the old copy waiting in a ``.<name>.old-*`` sibling),
+    never partial. On failure the temporary folder is removed and ``dst`` is untouched.
+    """
+    import shutil
+
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(dst, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if dst.exists():
+            old = _sibling(dst, "old")
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(Path(dirpath))

@@ -69,3 +69,19 @@ def check_model_folder(path: str | Path) -> Path:
             "lack the tokenizer: copy it from the base model)",
         )
     return folder.resolve()
+
+
+def check_destination(dst: str | Path, *, overwrite: bool = False, src: str | Path | None = None) -> Path:
+    """Refuse a destination that exists (unless ``overwrite``) or that lies inside ``src``; return it as a Path."""
+    dst = Path(dst)
+    if src is not None:
+        src_r, dst_r = Path(src).resolve(), dst.resolve()
+        if dst_r == src_r or src_r in dst_r.parents:
+            raise CheckpointError(
+                f"destination {dst} is inside the source {src}",
+                hint="choose a destination outside the source folder",
+            )
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"destination {dst} already exists",
+                              hint="pass --overwrite (API: overwrite=True) to replace it, or choose another path")
+    return dst

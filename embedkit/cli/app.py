@@ -54,7 +54,8 @@ def _quiet_transformers() -> None:
 
 
 def _register() -> None:
-    from . import encode, spec  # noqa: F401  (commands register themselves on `app`)
+    # each module registers its commands on `app`
+    from . import checkpoint, encode, inspect, manifest, spec  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
