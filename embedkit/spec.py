@@ -447,3 +447,86 @@ def load_spec(model_dir: str | Path, overrides: dict[str, Any] | None = None, *,
 def describe(spec: EmbedderSpec) -> list[tuple[str, Any, str]]:
     """``(field, value, rule)`` rows, for ``embedkit spec`` and ``embedkit inspect``."""
     return [(n, getattr(spec, n), spec.provenance.get(n, ARGUMENT)) for n in EmbedderSpec.field_names()]
+
+
+# ---------------------------------------------------------------------- writing sentence-transformers files
+def st_prompt(instruction: str | None, instruction_format: str) -> str | None:
+    """The sentence-transformers prompt (a plain prefix) equal to ``format(instruction, text)``, if one exists.
+
+    Returns ``""`` for no instruction and ``None`` when the format puts text before the end (not a prefix).
+    """
+    if instruction is None:
+        return ""
+    prefix = EmbedderSpec.apply_instruction("", instruction, instruction_format)
+    probe = "\x00text\x00"
+    return prefix if EmbedderSpec.apply_instruction(probe, instruction, instruction_format) == prefix + probe else None
+
+
+def sentence_transformers_files(spec: EmbedderSpec, hidden_size: int) -> tuple[dict[str, Any], list[str]]:
+    """The sentence-transformers layout for ``spec``: ``({relative_path: json_object}, warnings)``.
+
+    Written as plain JSON by :func:`write_sentence_transformers_files`; sentence-transformers is never imported.
+    ``2_Normalize`` is a folder with no files; it is listed under the key ``"2_Normalize/"`` with value ``None``.
+    """
+    warnings: list[str] = []
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if spec.normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    pooling = {
+        "word_embedding_dimension": hidden_size,
+        "pooling_mode_cls_token": spec.pooling == "cls",
+        "pooling_mode_mean_tokens": spec.pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": spec.pooling == "last_token",
+        "include_prompt": True,
+    }
+    prompts: dict[str, str] = {}
+    for key, instr, fmt in (("query", spec.query_instruction, spec.query_instruction_format),
+                            ("document", spec.passage_instruction, spec.passage_instruction_format)):
+        prompt = st_prompt(instr, fmt)
+        if prompt is None:
+            warnings.append(f"the {key} instruction format {fmt!r} is not a prefix; sentence-transformers prompts "
+                            "cannot express it, so its prompt is left empty (embedkit still applies it)")
+            prompt = ""
+        prompts[key] = prompt
+    if spec.query_max_length != spec.passage_max_length:
+        warnings.append(f"sentence-transformers has one max_seq_length; wrote the passage length "
+                        f"{spec.passage_max_length} (queries use {spec.query_max_length} in embedkit)")
+    if spec.truncate_dim is not None:
+        warnings.append(f"sentence-transformers does not record truncate_dim: load it with "
+                        f"truncate_dim={spec.truncate_dim} (it truncates after normalizing)")
+    files: dict[str, Any] = {
+        "modules.json": modules,
+        "1_Pooling/config.json": pooling,
+        "sentence_bert_config.json": {"max_seq_length": spec.passage_max_length, "do_lower_case": spec.do_lower_case},
+        "config_sentence_transformers.json": {
+            "model_type": "SentenceTransformer",
+            "prompts": prompts,
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+            ST_EXTRA_KEY: spec.to_dict(),
+        },
+    }
+    if spec.normalize:
+        files["2_Normalize/"] = None
+    return files, warnings
+
+
+def write_sentence_transformers_files(folder: str | Path, spec: EmbedderSpec, hidden_size: int) -> list[str]:
+    """Write the sentence-transformers layout of ``spec`` into ``folder`` (each file atomically); return warnings."""
+    from ._io import atomic_write
+
+    folder = Path(folder)
+    files, warnings = sentence_transformers_files(spec, hidden_size)
+    for rel, obj in files.items():
+        if obj is None:
+            (folder / rel).mkdir(parents=True, exist_ok=True)
+            continue
+        with atomic_write(folder / rel, "w") as fh:
+            fh.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    return warnings

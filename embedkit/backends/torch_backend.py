@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, SpecError
+from ..errors import SpecError
 
 logger = logging.getLogger("embedkit")
 
@@ -56,19 +56,12 @@ class TorchBackend:
     """
 
     def __init__(self, model_dir: str | Path, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = None) -> None:
-        from transformers import AutoModel
+                 dtype: str | torch.dtype | None = None, *, trust_pickle: bool = False) -> None:
+        from ..checkpoint.loading import load_model
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        try:
-            self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True, dtype=self.dtype)
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"cannot load the model in {model_dir}: {exc}",
-                hint="check config.json and the weight files (`embedkit inspect` lists what the folder holds)",
-            ) from exc
-        self.model.to(self.device).eval()
+        self.model = load_model(model_dir, dtype=self.dtype, trust_pickle=trust_pickle, device=self.device)
         self.hidden_size: int = int(self.model.config.hidden_size)
         accepted = set(inspect.signature(self.model.forward).parameters)
         self.input_names = tuple(

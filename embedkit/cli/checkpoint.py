@@ -1,1 +1,59 @@
-"""embedkit CLI: checkpoint commands."""
+"""``embedkit save``, ``embedkit convert``, ``embedkit slim``: checkpoint folders in, verified folders out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app
+
+_FORMAT_HELP = "safetensors | bin (a real pytorch_model.bin) | both."
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+@app.command("save")
+def save_command(
+    src: str = typer.Argument(..., help="Model or training-checkpoint folder (or 'minilm')."),
+    dst: Path = typer.Argument(..., help="Destination folder (must not exist unless --overwrite)."),
+    pooling: str | None = typer.Option(None, help="cls | mean | last_token (default: the resolved spec)."),
+    normalize: bool | None = typer.Option(None, "--normalize/--no-normalize", help="L2-normalize vectors."),
+    query_instruction: str | None = typer.Option(None, help="Instruction put before each query."),
+    query_instruction_format: str | None = typer.Option(None, help='How instruction and query join ("{}{}").'),
+    passage_instruction: str | None = typer.Option(None, help="Instruction put before each passage."),
+    max_length: int | None = typer.Option(None, min=1, help="Token limit for queries and passages."),
+    query_max_length: int | None = typer.Option(None, min=1, help="Token limit for queries."),
+    passage_max_length: int | None = typer.Option(None, min=1, help="Token limit for passages."),
+    truncate_dim: int | None = typer.Option(None, min=1, help="Output dimension (Matryoshka)."),
+    format: str = typer.Option("safetensors", "--format", help=_FORMAT_HELP),
+    dtype: str | None = typer.Option(None, help="fp32 | fp16 | bf16 (default: keep)."),
+    sentence_transformers: bool = typer.Option(
+        True, "--sentence-transformers/--no-sentence-transformers", help="Also write the ST layout."),
+    tokenizer: str | None = typer.Option(None, help="Take the tokenizer from this folder (default: SRC)."),
+    sign: Path | None = typer.Option(None, help="ed25519 private key (PEM) to sign the manifest with."),
+    overwrite: bool = typer.Option(False, help="Replace DST if it exists (atomically)."),
+    trust_pickle: bool = typer.Option(False, help="Allow full unpickling of .bin weights (runs code: trusted only)."),
+) -> None:
+    """Save SRC as a Hugging Face model + sentence-transformers layout + model card + manifest in DST.
+
+    Example: embedkit save checkpoint-1500 my-model --pooling cls --query-instruction "query: "
+    """
+    from ..checkpoint.save import save
+
+    result = save(src, dst, tokenizer=tokenizer, format=format, dtype=dtype,
+                  sentence_transformers=sentence_transformers, overwrite=overwrite, sign_key=sign,
+                  trust_pickle=trust_pickle, pooling=pooling, normalize=normalize,
+                  query_instruction=query_instruction, query_instruction_format=query_instruction_format,
+                  passage_instruction=passage_instruction, max_length=max_length, query_max_length=query_max_length,
+                  passage_max_length=passage_max_length, truncate_dim=truncate_dim)
+    size = sum((result.path / f).stat().st_size for f in result.files)
+    layout = "HF + sentence-transformers" if result.sentence_transformers else "HF only"
+    typer.echo(f"saved {result.path} ({layout}, {len(result.files)} files, {_human(size)}); "
+               f"pooling={result.spec.pooling} normalize={result.spec.normalize}")

@@ -1,0 +1,221 @@
+"""``save``: a model + tokenizer + spec -> a folder every consumer loads with identical vectors.
+
+Order: Hugging Face model (weights, config, tokenizer) -> sentence-transformers layout (plain JSON, no import of
+sentence-transformers, no re-reading of the model) -> model card -> manifest; all in a temporary sibling folder,
+verified, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write
+from ..errors import CheckpointError, SpecError
+from ..models import resolve_model_path
+from ..spec import ARGUMENT, EmbedderSpec, model_token_limit, resolve_spec, sentence_transformers_files
+from .layout import check_destination, check_model_folder, find_weight_files
+from .safe_load import load_state_dict, read_safetensors_header
+
+logger = logging.getLogger("embedkit")
+
+FORMATS = ("safetensors", "bin", "both")
+M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
+
+
+@dataclass
+class SaveResult:
+    """What :func:`save` wrote."""
+
+    path: Path
+    spec: EmbedderSpec
+    files: list[str]
+    sentence_transformers: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    from ..backends.torch_backend import resolve_dtype
+
+    return None if dtype is None else resolve_dtype(dtype)
+
+
+def _apply_overrides(spec: EmbedderSpec, overrides: dict[str, Any]) -> EmbedderSpec:
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    max_length = overrides.pop("max_length", None)
+    if max_length is not None:
+        overrides.setdefault("query_max_length", max_length)
+        overrides.setdefault("passage_max_length", max_length)
+    unknown = set(overrides) - set(EmbedderSpec.field_names())
+    if unknown:
+        raise SpecError(f"unknown spec field(s): {', '.join(sorted(unknown))}")
+    provenance = dict(spec.provenance, **{k: ARGUMENT for k in overrides})
+    return dataclasses.replace(spec, **overrides, provenance=provenance)
+
+
+def write_bin(state_dict: dict[str, Any], path: Path) -> None:
+    """Write a real ``pytorch_model.bin`` (transformers 5 ignores ``safe_serialization=False``), atomically."""
+    import torch
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    with atomic_write(path) as fh:
+        torch.save(tensors, fh)
+
+
+def _verify_weights(folder: Path, state_dict: dict[str, Any]) -> None:
+    """The written weight files hold every tensor of ``state_dict``, with the same shapes."""
+    expected = {k: tuple(v.shape) for k, v in state_dict.items()}
+    found: dict[str, tuple[int, ...]] = {}
+    for f in find_weight_files(folder):
+        if f.suffix == ".safetensors":
+            found.update({k: tuple(v["shape"]) for k, v in read_safetensors_header(f).items()})
+        elif f.suffix == ".bin":
+            found.update({k: tuple(v.shape) for k, v in load_state_dict(f).items()})
+    missing = [k for k in expected if k not in found]
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    if missing or wrong:
+        raise CheckpointError(f"verification of the written weights failed: missing {missing[:3]}, "
+                              f"wrong shapes {wrong[:3]}", hint="please report this as an embedkit bug")
+
+
+def save(
+    model_or_path: Any,
+    dst: str | Path,
+    spec: EmbedderSpec | None = None,
+    *,
+    tokenizer: Any = None,
+    format: str = "safetensors",
+    dtype: Any = None,
+    sentence_transformers: bool = True,
+    overwrite: bool = False,
+    sign_key: str | Path | None = None,
+    card: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
+    **spec_overrides: Any,
+) -> SaveResult:
+    """Save a model as a Hugging Face folder plus the sentence-transformers layout, model card and manifest.
+
+    Args:
+        model_or_path: a local model folder (or ``"minilm"``), or a loaded ``transformers`` model (the trainer).
+        dst: the destination folder (written atomically; must not exist unless ``overwrite``).
+        spec: the recipe; by default resolved from the source folder. ``spec_overrides`` (``pooling=``,
+            ``normalize=``, ``query_instruction=``, ``max_length=``...) replace fields of it.
+        tokenizer: a tokenizer or a folder to take it from (default: the source folder).
+        format: ``"safetensors"`` (default), ``"bin"`` (a real ``pytorch_model.bin``) or ``"both"``.
+        dtype: cast the weights (``"fp32" | "fp16" | "bf16"``); default keeps them.
+        sentence_transformers: also write the sentence-transformers layout (failure there only warns).
+        sign_key: an ed25519 private key (PEM) to sign the manifest with.
+        card: extra model-card content: ``training`` / ``metrics`` dicts, ``notes`` list, ``base_model``.
+
+    Example:
+        >>> save("checkpoint-1500", "my-model", pooling="cls", query_instruction="query: ")
+    """
+    from transformers import AutoTokenizer
+
+    from .card import model_card
+    from .loading import load_model
+    from .manifest import write_manifest
+
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    torch_dtype = _torch_dtype(dtype)
+    src: Path | None = None
+    if isinstance(model_or_path, (str, Path)):
+        src = resolve_model_path(model_or_path)
+        if tokenizer is None:
+            check_model_folder(src)
+        elif not src.is_dir():
+            check_model_folder(src)  # raises the not-a-folder error
+        check_destination(dst, overwrite=overwrite, src=src)
+        model = load_model(src, trust_pickle=trust_pickle)
+        tokenizer = tokenizer if tokenizer is not None else src
+    else:
+        model = model_or_path
+        check_destination(dst, overwrite=overwrite)
+        if tokenizer is None:
+            raise CheckpointError("saving a model object needs its tokenizer", hint="pass tokenizer=...")
+    if isinstance(tokenizer, (str, Path)):
+        tok_dir = resolve_model_path(tokenizer)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"no usable tokenizer in {tok_dir}: {str(exc).splitlines()[0]}",
+                                  hint="pass --tokenizer BASE_MODEL_DIR (training checkpoints often lack it)") from None
+
+    hidden_size = int(model.config.hidden_size)
+    config_dict = model.config.to_dict()
+    if spec is None:
+        spec = resolve_spec(src or Path(str(dst)), spec_overrides, config=config_dict,
+                            model_max_length=model_token_limit(src) if src else None, hidden_size=hidden_size)
+    else:
+        spec = _apply_overrides(spec, spec_overrides)
+    spec.validate(hidden_size=hidden_size)
+
+    if torch_dtype is not None and model.dtype != torch_dtype:
+        model = (model if src is not None else copy.deepcopy(model)).to(torch_dtype)
+    warnings: list[str] = []
+    dst = Path(dst)
+    from .._io import atomic_dir
+
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
+        model.save_pretrained(str(tmp))
+        state_dict = model.state_dict()
+        if format in ("bin", "both"):
+            write_bin(state_dict, tmp / "pytorch_model.bin")
+        if format == "bin":
+            for f in find_weight_files(tmp):
+                if ".safetensors" in f.name:
+                    f.unlink()
+        tokenizer.save_pretrained(str(tmp))
+        if src is not None:
+            for name in M3_HEAD_FILES:
+                if (src / name).is_file():
+                    load_state_dict(src / name)  # refuses a malicious pickle before copying it
+                    shutil.copy2(src / name, tmp / name)
+        wrote_st = False
+        if sentence_transformers:
+            wrote_st = _write_st_layout(tmp, spec, hidden_size, warnings)
+        card_info = dict(card or {})
+        text = model_card(
+            spec, name=dst.name, source=str(src) if src else None,
+            base_model=card_info.pop("base_model", None) or config_dict.get("_name_or_path") or None,
+            architecture=(config_dict.get("architectures") or [type(model).__name__])[0],
+            dtype=str(model.dtype).replace("torch.", ""), num_parameters=sum(p.numel() for p in model.parameters()),
+            training=card_info.get("training"), metrics=card_info.get("metrics"),
+            notes=(card_info.get("notes") or []) + warnings,
+        )
+        with atomic_write(tmp / "README.md", "w") as fh:
+            fh.write(text)
+        check_model_folder(tmp)
+        _verify_weights(tmp, state_dict)
+        write_manifest(tmp, sign_key=sign_key)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    for w in warnings:
+        logger.warning("%s", w)
+    return SaveResult(path=dst, spec=spec, files=files, sentence_transformers=wrote_st, warnings=warnings)
+
+
+def _write_st_layout(folder: Path, spec: EmbedderSpec, hidden_size: int, warnings: list[str]) -> bool:
+    """Write the sentence-transformers files; on any failure remove them and warn (the HF model stays complete)."""
+    from ..spec import write_sentence_transformers_files
+
+    try:
+        warnings.extend(write_sentence_transformers_files(folder, spec, hidden_size))
+        return True
+    except Exception as exc:  # noqa: BLE001 - by design: this step must never cost the main checkpoint
+        files, _ = sentence_transformers_files(spec, hidden_size)
+        for rel in files:
+            target = folder / rel
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists():
+                target.unlink()
+        shutil.rmtree(folder / "1_Pooling", ignore_errors=True)
+        warnings.append(f"the sentence-transformers layout could not be written ({type(exc).__name__}: {exc}); "
+                        "the Hugging Face checkpoint is complete")
+        return False
