@@ -57,3 +57,57 @@ def save_command(
     layout = "HF + sentence-transformers" if result.sentence_transformers else "HF only"
     typer.echo(f"saved {result.path} ({layout}, {len(result.files)} files, {_human(size)}); "
                f"pooling={result.spec.pooling} normalize={result.spec.normalize}")
+
+
+@app.command("convert")
+def convert_command(
+    folder: str = typer.Argument(..., help="Model folder to convert."),
+    to: str | None = typer.Option(None, "--to", help="safetensors | bin (default: keep the format)."),
+    dtype: str | None = typer.Option(None, help="fp32 | fp16 | bf16 (default: keep)."),
+    max_shard_size: str | None = typer.Option(None, help="Shard weights above this size, e.g. 2GB."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write here instead of in place."),
+    overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
+    trust_pickle: bool = typer.Option(False, help="Allow full unpickling of .bin weights (trusted files only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Convert FOLDER's weights (safetensors <-> bin, dtype, sharding); every tensor is read back and compared.
+
+    Example: embedkit convert my-model --to bin --output my-model-bin
+    """
+    import json
+
+    from ..checkpoint.convert import convert
+
+    report = convert(folder, to=to, dtype=dtype, max_shard_size=max_shard_size, output=output,
+                     overwrite=overwrite, trust_pickle=trust_pickle)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        return
+    check = "exact (every tensor identical)" if report.exact else f"max abs diff {report.max_abs_diff:.3g}"
+    typer.echo(f"converted {report.path}: {report.tensors} tensors as {report.format}"
+               + (f" {report.dtype}" if report.dtype else "")
+               + f", {_human(report.bytes_before)} -> {_human(report.bytes_after)}; round trip verified, {check}")
+    if report.embedding_cosine_min is not None:
+        typer.echo(f"embedding cosine vs the source (min over 5 texts): {report.embedding_cosine_min:.6f}")
+
+
+@app.command("slim")
+def slim_command(
+    checkpoint: str = typer.Argument(..., help="Training checkpoint folder (e.g. output/checkpoint-1500)."),
+    dst: Path = typer.Argument(..., help="Destination for the inference-only package."),
+    tokenizer: str | None = typer.Option(None, help="Take the tokenizer from this folder (e.g. the base model)."),
+    overwrite: bool = typer.Option(False, help="Replace DST if it exists (atomically)."),
+    trust_pickle: bool = typer.Option(False, help="Allow full unpickling of .bin weights (trusted files only)."),
+) -> None:
+    """Copy what inference needs from CHECKPOINT to DST; drop optimizer, scheduler, RNG, trainer state, ZeRO shards.
+
+    Example: embedkit slim output/checkpoint-1500 my-model --tokenizer BAAI-bge-small-en-v1.5
+    """
+    from ..checkpoint.slim import slim
+
+    report = slim(checkpoint, dst, tokenizer=tokenizer, overwrite=overwrite, trust_pickle=trust_pickle)
+    typer.echo(f"slimmed {checkpoint} -> {report.path}: kept {len(report.kept)} files, dropped {len(report.dropped)}; "
+               f"{_human(report.bytes_before)} -> {_human(report.bytes_after)} "
+               f"(saved {_human(report.bytes_saved)})")
+    for f in report.dropped:
+        typer.echo(f"  dropped {f}")
