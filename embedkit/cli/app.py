@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; library errors print as ``error: ...`` / ``hint: ...`` and exit 2."""
     _register()
     try:
-        app(args=argv, prog_name="embedkit", standalone_mode=False)
-        return 0
+        rc = app(args=argv, prog_name="embedkit", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

@@ -1,0 +1,392 @@
+"""Integrity manifests: every file's sha256 and size, optionally signed with ed25519.
+
+``embedkit-manifest.json`` lists every file of a model folder (itself and its signature excepted)::
+
+    {"format": "embedkit-manifest/1", "files": {"config.json": {"sha256": "9f2c...", "size": 612}, ...}}
+
+``embedkit-manifest.sig`` is a detached ed25519 signature of the manifest's exact bytes, base64 text. Signing the
+manifest signs every file it lists. Both can be checked without embedkit: ``sha256sum`` for the files, any ed25519
+implementation (e.g. ``openssl pkeyutl -verify -rawin``) for the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write
+from ..errors import CheckpointError
+from .layout import list_files
+
+logger = logging.getLogger("embedkit")
+
+MANIFEST_NAME = "embedkit-manifest.json"
+SIGNATURE_NAME = "embedkit-manifest.sig"
+MANIFEST_FORMAT = "embedkit-manifest/1"
+
+_CHUNK = 1 << 20
+_PROGRESS_MIN_BYTES = 256 << 20
+_MANIFEST_HINT = "write one with `embedkit manifest DIR` (only if you trust the folder's current content)"
+_KEYGEN_HINT = "create a key pair with `embedkit keygen KEYFILE` (writes KEYFILE and KEYFILE.pub)"
+
+SIGNATURE_STATES = ("valid", "invalid", "missing", "not checked")
+
+
+# ---------------------------------------------------------------------- building and writing
+def build_manifest(folder: str | os.PathLike[str], *, show_progress: bool | None = None) -> dict[str, Any]:
+    """The manifest of ``folder``: sha256 and size of every file (the manifest and its signature excepted).
+
+    Files are read in 1 MiB chunks, so multi-GB weights never sit in memory. ``show_progress``: a progress bar
+    over bytes hashed; default on when stderr is a terminal and the folder holds more than 256 MiB.
+
+    Example:
+        >>> m = build_manifest("bge-small-ft")
+        >>> m["files"]["config.json"]
+        {'sha256': '9f2c...', 'size': 612}
+    """
+    root = _check_folder(folder)
+    names = [n for n in list_files(root) if n not in (MANIFEST_NAME, SIGNATURE_NAME)]
+    with _progress(root, names, show_progress, "Hashing") as bar:
+        files = {}
+        for name in names:
+            digest, size = _hash_file(root / name, bar)
+            files[name] = {"sha256": digest, "size": size}
+    return {"files": dict(sorted(files.items())), "format": MANIFEST_FORMAT}
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The exact bytes written (and signed) for ``manifest``: JSON, indent 2, sorted keys, trailing newline.
+
+    Example:
+        >>> manifest_bytes({"format": "embedkit-manifest/1", "files": {}})[:12]
+        b'{\\n  "files"'
+    """
+    return (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_manifest(folder: str | os.PathLike[str], sign_key: str | os.PathLike[str] | None = None, *,
+                   show_progress: bool | None = None) -> Path:
+    """Write ``folder/embedkit-manifest.json`` (atomically) and return its path.
+
+    With ``sign_key`` (a PEM ed25519 private key, see :func:`generate_keypair`) also write the detached signature
+    ``embedkit-manifest.sig``. Without it, a signature left from an earlier manifest is removed: it would no
+    longer match.
+
+    Example:
+        >>> write_manifest("bge-small-ft", sign_key="release.key")
+        PosixPath('bge-small-ft/embedkit-manifest.json')
+    """
+    root = _check_folder(folder)
+    key = load_private_key(sign_key) if sign_key is not None else None  # fail before writing anything
+    manifest = build_manifest(root, show_progress=show_progress)
+    data = manifest_bytes(manifest)
+    path = root / MANIFEST_NAME
+    sig_path = root / SIGNATURE_NAME
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+    total = sum(f["size"] for f in manifest["files"].values())
+    logger.debug("wrote %s (%d files, %d bytes)", path, len(manifest["files"]), total)
+    if key is not None:
+        signature = base64.b64encode(key.sign(data)).decode("ascii") + "\n"
+        with atomic_write(sig_path, "w") as fh:
+            fh.write(signature)
+        logger.debug("wrote %s", sig_path)
+    elif sig_path.exists():
+        sig_path.unlink()
+        logger.info("removed %s: it signed the previous manifest (pass a key to sign the new one)", sig_path)
+    return path
+
+
+# ---------------------------------------------------------------------- verifying
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify_manifest`.
+
+    ``ok`` is true when every listed file is present and unchanged, nothing unlisted was added, and (when a public
+    key was given) the signature is valid. ``signature`` is one of ``"valid"``, ``"invalid"``, ``"missing"``
+    (a public key was given but there is no ``embedkit-manifest.sig``) or ``"not checked"`` (no public key).
+    ``problems`` has one human-readable line per offending file, e.g. ``"modified: model.safetensors (...)"``.
+
+    Example:
+        >>> report = verify_manifest("bge-small-ft")
+        >>> report.ok, report.modified
+        (False, ['model.safetensors'])
+    """
+
+    ok: bool
+    modified: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    signature: str = "not checked"
+    problems: list[str] = field(default_factory=list)
+    checked: int = 0
+    """How many files the manifest lists."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field.
+
+        Example:
+            >>> json.dumps(verify_manifest("bge-small-ft").to_dict())
+        """
+        return asdict(self)
+
+
+def verify_manifest(folder: str | os.PathLike[str], public_key: str | os.PathLike[str] | None = None, *,
+                    show_progress: bool | None = None) -> VerifyReport:
+    """Check ``folder`` against its ``embedkit-manifest.json`` (and, with ``public_key``, its signature).
+
+    Files are compared by size, then by sha256. A file present but not listed is reported as extra. With
+    ``public_key`` (a PEM ed25519 public key), a missing or invalid signature makes the report fail; without it
+    the signature is ``"not checked"``. Raises :class:`CheckpointError` when there is no manifest or it is not a
+    valid embedkit manifest, or when the key file cannot be used.
+
+    Example:
+        >>> report = verify_manifest("bge-small-ft", public_key="release.key.pub")
+        >>> report.ok, report.signature
+        (True, 'valid')
+    """
+    root = _check_folder(folder)
+    key = load_public_key(public_key) if public_key is not None else None
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no {MANIFEST_NAME} in {root}: nothing to verify against", hint=_MANIFEST_HINT)
+    data = path.read_bytes()
+    files = _parse_manifest(path, data)
+    report = VerifyReport(ok=False, checked=len(files))
+
+    if key is not None:
+        report.signature = _check_signature(root / SIGNATURE_NAME, data, key)
+        if report.signature == "missing":
+            report.problems.append(f"signature: missing (no {SIGNATURE_NAME})")
+        elif report.signature == "invalid":
+            report.problems.append("signature: invalid (the manifest was changed, or signed with another key)")
+
+    present = set(list_files(root)) - {MANIFEST_NAME, SIGNATURE_NAME}
+    listed = [n for n in files if (root / n).is_file()]
+    with _progress(root, listed, show_progress, "Verifying") as bar:
+        for name, entry in files.items():
+            file = root / name
+            if not file.is_file():
+                report.missing.append(name)
+                report.problems.append(f"missing: {name}")
+                continue
+            size = file.stat().st_size
+            if size != entry["size"]:
+                report.modified.append(name)
+                report.problems.append(f"modified: {name} (size {entry['size']} -> {size} bytes)")
+                bar.update(size)
+                continue
+            digest, _ = _hash_file(file, bar)
+            if digest != entry["sha256"]:
+                report.modified.append(name)
+                report.problems.append(f"modified: {name} (sha256 differs)")
+    for name in sorted(present - set(files)):
+        report.extra.append(name)
+        report.problems.append(f"extra: {name} (not in the manifest)")
+    report.ok = not report.problems
+    return report
+
+
+def _parse_manifest(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})", hint=_MANIFEST_HINT) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise CheckpointError(f"{path} is not an {MANIFEST_FORMAT} manifest (format: {found!r})",
+                              hint=_MANIFEST_HINT)
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path}: 'files' must be an object of {{path: {{sha256, size}}}}", hint=_MANIFEST_HINT)
+    for name, entry in files.items():
+        ok_entry = (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                    and type(entry.get("size")) is int and entry["size"] >= 0)
+        if not ok_entry:
+            raise CheckpointError(f"{path}: bad entry for {name!r} (needs sha256 and size)", hint=_MANIFEST_HINT)
+        rel = Path(name)
+        if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name:
+            raise CheckpointError(f"{path}: entry {name!r} points outside the folder", hint=_MANIFEST_HINT)
+    return files
+
+
+def _check_signature(sig_path: Path, data: bytes, key: Any) -> str:
+    from cryptography.exceptions import InvalidSignature
+
+    if not sig_path.is_file():
+        return "missing"
+    try:
+        signature = base64.b64decode(sig_path.read_text(encoding="ascii").strip(), validate=True)
+        key.verify(signature, data)
+    except (InvalidSignature, binascii.Error, UnicodeDecodeError, ValueError):
+        return "invalid"
+    return "valid"
+
+
+# ---------------------------------------------------------------------- keys
+def generate_keypair(out: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Create an ed25519 key pair: private key PEM (PKCS8, unencrypted, mode 0600) at ``out``, public key PEM at
+    ``out + ".pub"``. Refuses to overwrite either file. Returns ``(private_path, public_path)``.
+
+    Example:
+        >>> generate_keypair("release.key")
+        (PosixPath('release.key'), PosixPath('release.key.pub'))
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private_path = Path(out)
+    public_path = Path(f"{private_path}.pub")
+    for p in (private_path, public_path):
+        if p.exists():
+            raise CheckpointError(f"{p} already exists; not overwriting a key",
+                                  hint="choose another path, or delete the old key pair first if you really mean it")
+    key = Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    with atomic_write(private_path, "wb") as fh:  # created 0600 (mkstemp): never readable by others
+        fh.write(private_pem)
+    os.chmod(private_path, 0o600)
+    with atomic_write(public_path, "wb") as fh:
+        fh.write(public_pem)
+    os.chmod(public_path, 0o644)
+    logger.debug("wrote %s (private, keep it secret) and %s (public)", private_path, public_path)
+    return private_path, public_path
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Any:
+    """Read an ed25519 private key (PEM PKCS8 as written by :func:`generate_keypair`, or OpenSSH format).
+
+    Raises :class:`CheckpointError` naming the file when it is missing, encrypted, not a key, or not ed25519.
+
+    Example:
+        >>> key = load_private_key("release.key")
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = Path(path)
+    data = _read_key_file(path, "private")
+    try:
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise CheckpointError(f"{path} is an encrypted private key; embedkit needs an unencrypted one",
+                              hint=_KEYGEN_HINT) from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        what = "a public key, not a private key" if b"PUBLIC KEY" in data or data.startswith(b"ssh-") \
+            else "not a PEM private key"
+        raise CheckpointError(f"{path} is {what} ({_first_line(exc)})", hint=_KEYGEN_HINT) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise CheckpointError(f"{path} holds a {_key_kind(key)} key; manifests are signed with ed25519 keys only",
+                              hint=_KEYGEN_HINT)
+    return key
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Any:
+    """Read an ed25519 public key (PEM as written by :func:`generate_keypair`, or an ``ssh-ed25519`` line).
+
+    Raises :class:`CheckpointError` naming the file when it is missing, not a public key, or not ed25519.
+
+    Example:
+        >>> key = load_public_key("release.key.pub")
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    path = Path(path)
+    data = _read_key_file(path, "public")
+    try:
+        if data.lstrip().startswith(b"ssh-"):
+            key = serialization.load_ssh_public_key(data.strip())
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        if b"PRIVATE KEY" in data:
+            raise CheckpointError(f"{path} is a private key; verify with the public key",
+                                  hint=f"pass {path}.pub (written next to it by `embedkit keygen`), and keep the "
+                                  "private key out of the places you verify from") from None
+        raise CheckpointError(f"{path} is not a PEM public key ({_first_line(exc)})", hint=_KEYGEN_HINT) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise CheckpointError(f"{path} holds a {_key_kind(key)} key; manifests are signed with ed25519 keys only",
+                              hint=_KEYGEN_HINT)
+    return key
+
+
+def _read_key_file(path: Path, kind: str) -> bytes:
+    if not path.exists():
+        raise CheckpointError(f"{kind} key file {path} does not exist", hint=_KEYGEN_HINT)
+    if not path.is_file():
+        raise CheckpointError(f"{kind} key file {path} is not a file", hint=_KEYGEN_HINT)
+    data = path.read_bytes()
+    if len(data) > 1 << 20:
+        raise CheckpointError(f"{path} is too large to be a {kind} key file", hint=_KEYGEN_HINT)
+    return data
+
+
+def _key_kind(key: Any) -> str:
+    return type(key).__name__.removesuffix("PrivateKey").removesuffix("PublicKey") or type(key).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+# ---------------------------------------------------------------------- files
+def _check_folder(folder: str | os.PathLike[str]) -> Path:
+    root = Path(folder).expanduser()
+    if not root.exists():
+        raise CheckpointError(f"no folder at {root}", hint="pass the model folder (e.g. the one `embedkit save` wrote)")
+    if not root.is_dir():
+        raise CheckpointError(f"{root} is a file, not a folder", hint="pass the model folder, not one of its files")
+    return root
+
+
+def _hash_file(path: Path, bar: Any = None) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    return h.hexdigest(), size
+
+
+def _progress(root: Path, names: list[str], show_progress: bool | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    total = sum((root / n).stat().st_size for n in names)
+    show = show_progress if show_progress is not None else sys.stderr.isatty() and total > _PROGRESS_MIN_BYTES
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not show, leave=False)
+
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "SIGNATURE_NAME",
+    "VerifyReport",
+    "build_manifest",
+    "generate_keypair",
+    "load_private_key",
+    "load_public_key",
+    "manifest_bytes",
+    "verify_manifest",
+    "write_manifest",
+]
