@@ -316,7 +316,7 @@ def read_sentence_transformers_spec(model_dir: Path) -> dict[str, tuple[Any, str
                     break
         extra = cfg.get(ST_EXTRA_KEY)
         if isinstance(extra, dict):
-            esrc = f"embedkit (config_sentence_transformers.json '{ST_EXTRA_KEY}')"
+            esrc = "saved embedkit spec (config_sentence_transformers.json)"
             known = set(EmbedderSpec.field_names())
             for key, value in extra.items():
                 if key in known:

@@ -43,7 +43,7 @@ def test_rule2_prompts_and_embedkit_section(tiny_copy):
     assert spec.query_instruction == "query: " and spec.passage_instruction is None
     assert spec.query_instruction_format == "{}: {}" and spec.truncate_dim == 8
     assert "prompts" in spec.provenance["query_instruction"]
-    assert spec.provenance["truncate_dim"].startswith("embedkit")
+    assert spec.provenance["truncate_dim"].startswith("saved embedkit spec")
 
 
 def test_rule2_unsupported_pooling_mode(tiny_copy):

@@ -70,7 +70,7 @@ def verify_cmd(
     else:
         for problem in report.problems:
             typer.echo(problem)
-        typer.secho(f"FAILED: {folder} does not match its manifest ({len(report.problems)} problems)",
+        typer.secho(f"FAILED: {folder} does not match its manifest ({len(report.problems)} problem(s))",
                     fg="red", err=True)
     if not report.ok:
         raise typer.Exit(1)
