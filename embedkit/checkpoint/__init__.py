@@ -1,5 +1,22 @@
-"""Checkpoint lifecycle: what a model folder holds and how to turn it into something every consumer loads."""
+"""Checkpoint lifecycle: inspect, save, slim, convert, manifests and safe loading.
 
-from .layout import check_model_folder, find_tokenizer_files, find_weight_files
+Example:
+    >>> from embedkit.checkpoint import save, inspect_folder, verify_manifest
+    >>> save("out/checkpoint-1500", "my-model", pooling="cls")
+    >>> verify_manifest("my-model").ok
+    True
+"""
 
-__all__ = ["check_model_folder", "find_tokenizer_files", "find_weight_files"]
+from .convert import ConvertReport, convert
+from .inspect import InspectReport, inspect_folder
+from .layout import check_model_folder, classify_file, find_tokenizer_files, find_weight_files
+from .manifest import generate_keypair, verify_manifest, write_manifest
+from .safe_load import load_state_dict
+from .save import SaveResult, save
+from .slim import SlimReport, slim
+
+__all__ = [
+    "save", "SaveResult", "slim", "SlimReport", "convert", "ConvertReport", "inspect_folder", "InspectReport",
+    "write_manifest", "verify_manifest", "generate_keypair", "load_state_dict",
+    "check_model_folder", "classify_file", "find_tokenizer_files", "find_weight_files",
+]
