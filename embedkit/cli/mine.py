@@ -1,0 +1,1 @@
+"""embedkit CLI: mine and score-pairs commands."""

@@ -1,0 +1,1 @@
+"""embedkit CLI: train commands."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: data, losses, the training model, the Trainer, hard-negative mining."""
