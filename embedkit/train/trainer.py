@@ -1,0 +1,388 @@
+"""Fine-tuning on the Hugging Face ``Trainer``: DDP (torchrun), DeepSpeed, bf16/fp16, resume and logging come from the
+ecosystem; embedkit adds the data, the loss, GradCache, and saving through :func:`embedkit.checkpoint.save`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ..errors import DataError, EmbedkitError
+from ..spec import EmbedderSpec
+from .arguments import DataArguments, EmbedkitTrainingArguments, ModelArguments
+from .data import LoadResult, TrainExample, load_train_data, sample_group
+from .model import EmbedderTrainingModel, grad_cache_step
+
+logger = logging.getLogger("embedkit")
+
+FINAL_MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+
+# peft target modules per architecture (attention + feed-forward projections)
+LORA_TARGETS = {
+    "bert": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
+    "xlm-roberta": ["query", "key", "value", "dense"],
+    "mpnet": ["q", "k", "v", "o", "intermediate.dense", "output.dense"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+# ---------------------------------------------------------------------- data
+class GroupDataset(torch.utils.data.Dataset):
+    """Each item: the formatted query and ``group_size`` formatted passages (positive first), plus teacher scores."""
+
+    def __init__(self, examples: list[TrainExample], spec: EmbedderSpec, group_size: int, seed: int = 42) -> None:
+        self.examples = examples
+        self.spec = spec
+        self.group_size = group_size
+        self.seed = seed
+        self._calls = [0] * len(examples)
+        self.pool = list(dict.fromkeys(p for ex in examples for p in ex.pos + ex.neg))
+        self._warned_random = False
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex = self.examples[i]
+        rng = random.Random(self.seed * 1_000_003 + i * 7919 + self._calls[i])
+        self._calls[i] += 1
+        passages, scores, used_random = sample_group(ex, self.group_size, rng, self.pool)
+        if used_random and not self._warned_random:
+            self._warned_random = True
+            logger.warning("some rows have no negatives (e.g. %s): drawing random passages from other rows",
+                           ex.source)
+        instruction = ex.prompt if ex.prompt is not None else self.spec.query_instruction
+        query = EmbedderSpec.apply_instruction(ex.query, instruction, self.spec.query_instruction_format)
+        passages = [self.spec.format_passage(p) for p in passages]
+        if self.spec.do_lower_case:
+            query, passages = query.lower(), [p.lower() for p in passages]
+        return {"query": query, "passages": passages, "scores": scores}
+
+
+@dataclass
+class GroupCollator:
+    """Tokenizes a batch of groups: queries at the query max length, passages at the passage max length."""
+
+    tokenizer: Any
+    query_max_length: int
+    passage_max_length: int
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        queries = [it["query"] for it in items]
+        passages = [p for it in items for p in it["passages"]]
+        q = self.tokenizer(queries, padding=True, truncation=True, max_length=self.query_max_length,
+                           return_tensors="pt")
+        p = self.tokenizer(passages, padding=True, truncation=True, max_length=self.passage_max_length,
+                           return_tensors="pt")
+        batch: dict[str, Any] = {"query": dict(q), "passage": dict(p)}
+        if all(it["scores"] is not None for it in items):
+            batch["teacher_scores"] = torch.tensor([it["scores"] for it in items], dtype=torch.float32)
+        return batch
+
+
+def summarize_data(data: LoadResult, tokenizer: Any, spec: EmbedderSpec, sample: int = 2000) -> dict[str, Any]:
+    """Rows, skipped, negatives per row, and token-length percentiles vs the max lengths (how much is truncated)."""
+    rng = random.Random(0)
+    rows = data.examples
+    picked = rows if len(rows) <= sample else rng.sample(rows, sample)
+    q_lens = [len(ids) for ids in tokenizer([spec.format_query(r.query) for r in picked],
+                                            add_special_tokens=True)["input_ids"]]
+    passages = [spec.format_passage(p) for r in picked for p in (r.pos + r.neg)[:4]]
+    p_lens = [len(ids) for ids in tokenizer(passages, add_special_tokens=True)["input_ids"]] if passages else [0]
+    negs = [len(r.neg) for r in rows]
+
+    def pct(lens: list[int]) -> dict[str, int]:
+        return {f"p{q}": int(np.percentile(lens, q)) for q in (50, 90, 99)} | {"max": int(max(lens))}
+
+    return {
+        "files": [str(f) for f in data.files], "rows": len(rows), "skipped": len(data.skipped),
+        "negatives_per_row": {"min": min(negs), "mean": round(float(np.mean(negs)), 2), "max": max(negs),
+                              "rows_without": sum(1 for n in negs if n == 0)},
+        "with_teacher_scores": sum(1 for r in rows if r.has_scores),
+        "query_tokens": pct(q_lens), "query_max_length": spec.query_max_length,
+        "queries_truncated_pct": round(100 * float(np.mean([n > spec.query_max_length for n in q_lens])), 1),
+        "passage_tokens": pct(p_lens), "passage_max_length": spec.passage_max_length,
+        "passages_truncated_pct": round(100 * float(np.mean([n > spec.passage_max_length for n in p_lens])), 1),
+    }
+
+
+# ---------------------------------------------------------------------- callbacks
+class MetricsCallback(TrainerCallback):
+    """Appends every log to ``OUTPUT/metrics.jsonl`` and draws ``OUTPUT/loss_curve.png`` at the end."""
+
+    def __init__(self, output_dir: Path, plot: bool = True) -> None:
+        self.path = output_dir / "metrics.jsonl"
+        self.plot = plot
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer's callback signature
+        if state.is_world_process_zero and logs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.is_world_process_zero and self.plot:
+            plot_loss_curve(self.path, self.path.parent / "loss_curve.png")
+
+
+def plot_loss_curve(metrics_path: Path, png: Path) -> Path | None:
+    """Loss per step from ``metrics.jsonl`` as a PNG (written atomically); ``None`` when there is nothing to plot."""
+    if not metrics_path.is_file():
+        return None
+    points = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    points = [(p["step"], p["loss"]) for p in points if "loss" in p]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("embedkit fine-tuning")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(png) as fh:
+        fig.savefig(fh, format="png")
+    plt.close(fig)
+    return png
+
+
+# ---------------------------------------------------------------------- trainer
+class EmbedkitTrainer(Trainer):
+    """``Trainer`` with the contrastive loss, GradCache, and embedkit's saving and resuming."""
+
+    def __init__(self, *args: Any, spec: EmbedderSpec, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spec = spec
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        outputs = model(**inputs)
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001
+        chunk = self.args.grad_cache_chunk
+        if not chunk:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        inner = self.accelerator.unwrap_model(model)
+        loss = grad_cache_step(inner, inputs, chunk, backward=self.accelerator.backward,
+                               loss_scale=1.0 / self.current_gradient_accumulation_steps,
+                               autocast=self.compute_loss_context_manager)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            for p in inner.parameters():  # DDP's hooks are bypassed by the chunked re-forward: reduce by hand
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+        return loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        inner = self.accelerator.unwrap_model(self.model)
+        for key, value in getattr(inner, "last_stats", {}).items():
+            logs.setdefault(key, value)
+        super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        save_trained(self.accelerator.unwrap_model(self.model), Path(output_dir), self.spec, self.processing_class)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        inner = self.accelerator.unwrap_model(model or self.model)
+        load_trained_weights(inner, Path(resume_from_checkpoint))
+
+
+def save_trained(model: EmbedderTrainingModel, folder: Path, spec: EmbedderSpec, tokenizer: Any,
+                 card: dict[str, Any] | None = None) -> None:
+    """Save the encoder (or LoRA adapter) through :func:`embedkit.checkpoint.save` so it encodes as it was trained."""
+    from ..checkpoint.save import save
+
+    encoder = model.encoder
+    if _is_peft(encoder):
+        save_adapter(encoder, folder, spec, tokenizer)
+        return
+    save(encoder, folder, spec=spec, tokenizer=tokenizer, overwrite=True, card=card)
+
+
+def save_adapter(encoder: Any, folder: Path, spec: EmbedderSpec, tokenizer: Any) -> None:
+    """A LoRA adapter folder (peft files + tokenizer + the spec as sentence-transformers files), atomically."""
+    from .._io import atomic_dir
+    from ..checkpoint.manifest import write_manifest
+    from ..spec import write_sentence_transformers_files
+
+    with atomic_dir(folder, overwrite=True) as tmp:
+        encoder.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        write_sentence_transformers_files(tmp, spec, int(encoder.base_model.model.config.hidden_size))
+        write_manifest(tmp)
+
+
+def load_trained_weights(model: EmbedderTrainingModel, folder: Path) -> None:
+    """Resume: load the encoder (or adapter) weights written by :func:`save_trained` from ``folder``."""
+    from ..checkpoint.convert import read_weights
+    from ..checkpoint.safe_load import load_state_dict
+
+    if _is_peft(model.encoder):
+        from peft import set_peft_model_state_dict
+
+        files = [folder / "adapter_model.safetensors", folder / "adapter_model.bin"]
+        found = next((f for f in files if f.is_file()), None)
+        if found is None:
+            raise EmbedkitError(f"{folder} holds no adapter weights to resume from")
+        set_peft_model_state_dict(model.encoder, load_state_dict(found))
+        return
+    state, _ = read_weights(folder)
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("pooler.", "embeddings.position_ids"))]
+    if missing or unexpected:
+        raise EmbedkitError(f"cannot resume from {folder}: {len(missing)} missing / {len(unexpected)} unexpected "
+                            f"tensors (e.g. {(missing or unexpected)[:3]})", hint="resume from a checkpoint of the "
+                            "same model and the same --lora setting")
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+# ---------------------------------------------------------------------- building and running
+def build_spec(model_args: ModelArguments) -> EmbedderSpec:
+    """The one recipe: resolved from the checkpoint + arguments exactly as :class:`embedkit.Embedder` does."""
+    from ..spec import load_spec
+
+    overrides = {k: getattr(model_args, k) for k in (
+        "pooling", "normalize", "query_instruction", "query_instruction_format", "passage_instruction",
+        "passage_instruction_format", "query_max_length", "passage_max_length")}
+    return load_spec(model_args.model_name_or_path, overrides)
+
+
+def apply_lora(encoder: Any, model_args: ModelArguments) -> Any:
+    """Wrap ``encoder`` in a peft LoRA model (target modules chosen per architecture unless given)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise EmbedkitError("--lora needs the peft package", hint="pip install 'embedkit[train]'") from None
+    if model_args.lora_target_modules:
+        targets = [t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()]
+    else:
+        model_type = getattr(encoder.config, "model_type", "")
+        if model_type not in LORA_TARGETS:
+            raise EmbedkitError(f"no default LoRA target modules for model type {model_type!r}",
+                                hint="pass --lora_target_modules name1,name2 (module names of the attention layers)")
+        targets = LORA_TARGETS[model_type]
+    config = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                        target_modules=targets, bias="none")
+    return get_peft_model(encoder, config)
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments,
+                  ) -> tuple[EmbedkitTrainer, dict[str, Any]]:
+    """Validate the data, resolve the spec, load the model, and wire up the trainer. Returns it and the summary."""
+    from transformers import AutoTokenizer
+
+    from ..checkpoint.layout import check_model_folder
+    from ..checkpoint.loading import load_model
+    from ..models import resolve_model_path
+
+    if data_args.train_group_size < 1:
+        raise DataError("--train_group_size must be at least 1")
+    if not torch.cuda.is_available():
+        train_args.dataloader_pin_memory = False  # nothing to pin to; avoids a warning per epoch
+    if train_args.kd_loss not in ("kl_div", "none"):
+        raise DataError(f"unknown --kd_loss {train_args.kd_loss!r}", hint="use kl_div or none")
+    path = check_model_folder(resolve_model_path(model_args.model_name_or_path))
+    model_args.model_name_or_path = str(path)
+    spec = build_spec(model_args)
+    data = load_train_data(data_args.train_data, skip_invalid=data_args.skip_invalid)
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    summary = summarize_data(data, tokenizer, spec)
+    encoder = load_model(path, trust_pickle=model_args.trust_pickle)
+    if model_args.lora:
+        encoder = apply_lora(encoder, model_args)
+    model = EmbedderTrainingModel(
+        encoder, spec, group_size=data_args.train_group_size, temperature=train_args.temperature,
+        in_batch_negatives=train_args.in_batch_negatives, negatives_cross_device=train_args.negatives_cross_device,
+        kd_loss=None if train_args.kd_loss == "none" else train_args.kd_loss, kd_weight=train_args.kd_weight)
+    dataset = GroupDataset(data.examples, spec, data_args.train_group_size, seed=train_args.seed)
+    collator = GroupCollator(tokenizer, spec.query_max_length, spec.passage_max_length)
+    callbacks = [MetricsCallback(Path(train_args.output_dir), plot=train_args.plot_loss)]
+    trainer = EmbedkitTrainer(model=model, args=train_args, train_dataset=dataset, data_collator=collator,
+                              processing_class=tokenizer, callbacks=callbacks, spec=spec)
+    return trainer, summary
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments) -> Path:
+    """Train, then save the final model to ``OUTPUT/model`` (and ``OUTPUT/adapter`` / ``OUTPUT/merged`` with LoRA)."""
+    trainer, summary = build_trainer(model_args, data_args, train_args)
+    out = Path(train_args.output_dir)
+    if trainer.is_world_process_zero():
+        logger.info("training data: %s", json.dumps(summary))
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "data_summary.json", "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=2)
+    trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
+    inner = trainer.accelerator.unwrap_model(trainer.model)
+    final = out / (ADAPTER_DIR if model_args.lora else FINAL_MODEL_DIR)
+    if trainer.is_world_process_zero():
+        card = {"training": {"data": ", ".join(summary["files"]), "rows": summary["rows"],
+                             "steps": trainer.state.global_step, "group_size": data_args.train_group_size,
+                             "temperature": train_args.temperature, "lora": model_args.lora},
+                "base_model": model_args.model_name_or_path}
+        if model_args.lora:
+            save_adapter(inner.encoder, final, trainer.spec, trainer.processing_class)
+            if model_args.merge_lora:
+                from ..checkpoint.save import save
+
+                merged = inner.encoder.merge_and_unload()
+                save(merged, out / MERGED_DIR, spec=trainer.spec, tokenizer=trainer.processing_class,
+                     overwrite=True, card=card)
+        else:
+            save_trained(inner, final, trainer.spec, trainer.processing_class, card=card)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m embedkit.train ...`` / ``torchrun ... -m embedkit.train ...`` / ``embedkit finetune ...``."""
+    import sys
+
+    from .arguments import parse_args
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        final = run(*parse_args(sys.argv[1:] if argv is None else argv))
+    except EmbedkitError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 2
+    print(f"trained model: {final}")
+    return 0
