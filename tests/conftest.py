@@ -43,7 +43,7 @@ def _write_tiny_tokenizer(folder: Path, model_max_length: int) -> None:
     vocab += ["##" + ch for ch in letters]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True,
+    tok = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True,
                             model_max_length=model_max_length)
     tok.save_pretrained(str(folder))
 
@@ -104,3 +104,4 @@ def st_minilm(minilm_dir):
 @pytest.fixture
 def hostile_texts() -> list[str]:
     return list(HOSTILE_TEXTS)
+

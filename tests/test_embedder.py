@@ -156,3 +156,12 @@ def test_assumed_spec_warns(tiny_bert, caplog):
         Embedder(tiny_bert, show_progress=False)
     assert "assuming pooling='cls', normalize=True" in caplog.text
     assert "embedkit save" in caplog.text
+
+
+def test_tiny_tokenizer_knows_its_words(tiny_bert):
+    """Guard: the tiny tokenizer must map real words to real ids (transformers 5 ignores `vocab_file=`)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert), local_files_only=True)
+    ids = tok("the quick brown fox 中文")["input_ids"]
+    assert tok.unk_token_id not in ids

@@ -230,6 +230,20 @@ def _sample_outside(rng: random.Random, pool_size: int, excluded: set[int], need
     return rng.sample(candidates, min(need, len(candidates)))
 
 
+def _import_faiss() -> Any:
+    loader_log = logging.getLogger("faiss.loader")
+    level = loader_log.level
+    loader_log.setLevel(max(level, logging.WARNING))  # faiss logs every CPU-feature probe at INFO
+    try:
+        import faiss
+    except ImportError as exc:
+        raise EmbedkitError("hard-negative mining needs faiss, which is not installed",
+                            hint="pip install 'embedkit[train]'  (or pip install faiss-cpu)") from exc
+    finally:
+        loader_log.setLevel(level)
+    return faiss
+
+
 def mine_hard_negatives(
     model: Any,
     input_path_or_paths: PathLike | Sequence[PathLike],
@@ -285,11 +299,7 @@ def mine_hard_negatives(
     output = _check_output(Path(output), [*inputs, *files], [pool_file] if pool_file else [])
     if use_gpu_for_searching:
         logger.info("use_gpu_for_searching is ignored: embedkit searches exactly on the CPU (faiss IndexFlatIP)")
-    try:
-        import faiss
-    except ImportError as exc:
-        raise EmbedkitError("hard-negative mining needs faiss, which is not installed",
-                            hint="pip install 'embedkit[train]'  (or pip install faiss-cpu)") from exc
+    faiss = _import_faiss()
 
     data = load_train_data(files, skip_invalid=skip_invalid)
     examples = data.examples
@@ -334,7 +344,7 @@ def mine_hard_negatives(
     rng = random.Random(seed)
     mined: list[TrainExample] = []
     topped_up = short = dropped = 0
-    for ex, row_hits in zip(examples, hits):
+    for ex, row_hits in zip(examples, hits, strict=True):
         banned = {pool_index[t] for t in (*ex.pos, ex.query) if t in pool_index}
         row_hits = [int(j) for j in row_hits if j >= 0]
         candidates = [j for j in row_hits[start:end] if j not in banned]
@@ -394,7 +404,7 @@ def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: An
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}",
-                              hint="check the tokenizer files (`embedkit inspect` lists what the folder holds)") from None
+                              hint="check the tokenizer files (`embedkit inspect` lists them)") from None
     kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True}
     try:
         try:
