@@ -56,28 +56,41 @@ def _tiny_training_model(tiny_bert, dropout=0.0):
     return EmbedderTrainingModel(enc, EmbedderSpec(pooling="mean"), group_size=2, temperature=0.05)
 
 
-def _batch(tiny_bert, n=12):
+def _batch(tiny_bert, n=12, chunk=100):
     from transformers import AutoTokenizer
+
+    from embedkit.train.trainer import GroupCollator
 
     tok = AutoTokenizer.from_pretrained(str(tiny_bert), local_files_only=True)
     words = "the quick brown fox jumps over lazy dog hello world what is bge cat".split()
-    queries = [" ".join(words[i % 7: i % 7 + 3]) for i in range(n)]
-    passages = [" ".join(words[(i * 3) % 10: (i * 3) % 10 + 4]) for i in range(2 * n)]
-    return {"query": dict(tok(queries, padding=True, return_tensors="pt")),
-            "passage": dict(tok(passages, padding=True, return_tensors="pt")),
-            "teacher_scores": torch.randn(n, 2)}
+    torch.manual_seed(0)
+    items = [{"query": " ".join(words[i % 7: i % 7 + 1 + i % 4]),
+              "passages": [" ".join(words[(i * 3 + j) % 10: (i * 3 + j) % 10 + 2 + (i + j) % 5]) for j in range(2)],
+              "scores": torch.randn(2).tolist()} for i in range(n)]
+    return GroupCollator(tok, 16, 16, chunk_size=chunk)(items)
+
+
+def test_collator_chunks_restore_order(tiny_bert):
+    model = _tiny_training_model(tiny_bert).eval()
+    one = _batch(tiny_bert, chunk=100)
+    many = _batch(tiny_bert, chunk=5)
+    assert len(many["passage"]["chunks"]) == 5 and len(one["passage"]["chunks"]) == 1
+    lengths = [c["input_ids"].shape[1] for c in many["passage"]["chunks"]]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]  # less padding per chunk
+    with torch.no_grad():
+        assert torch.allclose(model.encode_batch(one["passage"]), model.encode_batch(many["passage"]), atol=1e-6)
 
 
 @pytest.mark.parametrize("chunk", [1, 5])
 def test_grad_cache_equals_full_batch_gradient(tiny_bert, chunk):
     model = _tiny_training_model(tiny_bert)
-    batch = _batch(tiny_bert)
+    batch = _batch(tiny_bert, chunk=chunk)
     model.train()
-    loss = model(**batch)["loss"]
+    loss = model(**_batch(tiny_bert, chunk=100))["loss"]
     loss.backward()
     full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    cached_loss = grad_cache_step(model, batch, chunk)
+    cached_loss = grad_cache_step(model, batch)
     assert torch.allclose(cached_loss, loss.detach(), atol=1e-5)
     worst = max(float((p.grad - full[n]).abs().max()) for n, p in model.named_parameters() if n in full)
     assert worst <= 1e-5, worst
@@ -86,13 +99,13 @@ def test_grad_cache_equals_full_batch_gradient(tiny_bert, chunk):
 def test_grad_cache_replays_dropout_masks(tiny_bert):
     """With dropout on, each chunk's re-forward must see the masks of its cached forward."""
     model = _tiny_training_model(tiny_bert, dropout=0.3)
-    batch = _batch(tiny_bert, n=6)
+    batch = _batch(tiny_bert, n=6, chunk=4)
     model.train()
     torch.manual_seed(1)
     model(**batch)["loss"].backward()
     full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     torch.manual_seed(1)
-    grad_cache_step(model, batch, 100)  # one chunk per side: same RNG sequence as the plain forward
+    grad_cache_step(model, batch)  # same chunks, same RNG sequence as the plain forward
     worst = max(float((p.grad - full[n]).abs().max()) for n, p in model.named_parameters() if n in full)
     assert worst <= 1e-5, worst

@@ -34,14 +34,18 @@ def _check_headers(folder: Path) -> None:
                 read_safetensors_header(folder / shard)
 
 
-def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = False, device: Any = None) -> Any:
-    """Load ``AutoModel`` from ``path`` (``local_files_only``); refuse pickle and silently random weights.
+def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = False, device: Any = None,
+               auto_class: Any = None, ignorable_missing: tuple[str, ...] = _IGNORABLE_MISSING,
+               what: str = "model") -> Any:
+    """Load ``auto_class`` (default ``AutoModel``) from ``path`` offline; refuse pickle and silently random weights.
 
     Raises :class:`CheckpointError` when the config is unreadable, a weight file is corrupt, shapes do not match
-    the config, weights are missing (transformers would initialize them at random), or a ``.bin`` needs full
-    unpickling and ``trust_pickle`` is false.
+    the config, weights are missing (transformers would initialize them at random; keys starting with one of
+    ``ignorable_missing`` are tolerated), or a ``.bin`` needs full unpickling and ``trust_pickle`` is false.
     """
     from transformers import AutoConfig, AutoModel
+
+    auto_class = auto_class or AutoModel
 
     folder = Path(path)
     _check_headers(folder)
@@ -55,7 +59,7 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
         kwargs["dtype"] = dtype
     try:
         try:
-            model, info = AutoModel.from_pretrained(str(folder), **kwargs)
+            model, info = auto_class.from_pretrained(str(folder), **kwargs)
         except pickle.UnpicklingError as exc:
             if not trust_pickle:
                 raise CheckpointError(
@@ -68,7 +72,7 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
             state = {}
             for f in bins:
                 state.update(load_state_dict(f, trust_pickle=True))
-            model = AutoModel.from_config(config, dtype=dtype)
+            model = auto_class.from_config(config, dtype=dtype)
             result = model.load_state_dict(state, strict=False)
             info = {"missing_keys": list(result.missing_keys), "unexpected_keys": list(result.unexpected_keys),
                     "mismatched_keys": []}
@@ -77,17 +81,19 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         msg = str(exc).strip().splitlines()
         raise CheckpointError(
-            f"cannot load the weights in {folder}: {' '.join(msg[:3])[:600]}",
+            f"cannot load {folder} as a {what}: {' '.join(msg[:3])[:600]}",
             hint="the weights do not fit config.json (shapes or names) or a file is damaged; "
             "`embedkit inspect` shows what the folder holds",
         ) from None
-    missing = [k for k in info.get("missing_keys", []) if not k.startswith(_IGNORABLE_MISSING)]
+    missing = [k for k in info.get("missing_keys", [])
+               if not k.startswith(ignorable_missing) and not k.endswith("embeddings.position_ids")]
     mismatched = info.get("mismatched_keys", [])
     if missing or mismatched:
-        what = missing[:5] or [str(m) for m in mismatched[:5]]
+        example = missing[:5] or [str(m) for m in mismatched[:5]]
         raise CheckpointError(
-            f"{folder}: weights do not match config.json ({len(missing)} missing, {len(mismatched)} with other "
-            f"shapes, e.g. {', '.join(map(str, what))}); transformers would fill them with random values",
+            f"{folder}: weights do not match the {what} in config.json ({len(missing)} missing, {len(mismatched)} "
+            f"with other shapes, e.g. {', '.join(map(str, example))}); transformers would fill them with random "
+            "values",
             hint="check that config.json belongs to these weights (`embedkit inspect` shows both)",
         )
     model.eval()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import pickle
 import random
 import sys
 from collections.abc import Sequence
@@ -376,9 +375,6 @@ def mine_hard_negatives(
 
 
 # ---------------------------------------------------------------------- teacher scores
-_IGNORABLE_MISSING = ("embeddings.position_ids",)
-
-
 def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: Any = None) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` of a local cross-encoder (``AutoModelForSequenceClassification``).
 
@@ -387,9 +383,8 @@ def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: An
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from ..checkpoint.layout import check_model_folder, find_weight_files
-    from ..checkpoint.loading import _check_headers
-    from ..checkpoint.safe_load import load_state_dict, pickle_refusal_reason
+    from ..checkpoint.layout import check_model_folder
+    from ..checkpoint.loading import load_model
 
     if not Path(path).expanduser().exists():
         raise CheckpointError(
@@ -399,50 +394,19 @@ def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: An
             "elsewhere with `huggingface-cli download BAAI/bge-reranker-base --local-dir DIR`",
         )
     folder = check_model_folder(path)
-    _check_headers(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}",
                               hint="check the tokenizer files (`embedkit inspect` lists them)") from None
-    kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True}
     try:
-        try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(str(folder), **kwargs)
-        except pickle.UnpicklingError as exc:
-            if not trust_pickle:
-                raise CheckpointError(
-                    f"{folder}: the .bin weights need full unpickling, which can run arbitrary code "
-                    f"({pickle_refusal_reason(exc)})",
-                    hint="only if you trust the source, pass --trust-pickle (API: trust_pickle=True); "
-                    "then convert once with `embedkit convert --to safetensors`",
-                ) from None
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-            state: dict[str, Any] = {}
-            for f in find_weight_files(folder):
-                if f.suffix == ".bin":
-                    state.update(load_state_dict(f, trust_pickle=True))
-            model = AutoModelForSequenceClassification.from_config(config)
-            result = model.load_state_dict(state, strict=False)
-            info = {"missing_keys": list(result.missing_keys), "mismatched_keys": []}
-    except CheckpointError:
-        raise
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        msg = " ".join(str(exc).strip().splitlines()[:3])[:600]
-        raise CheckpointError(f"cannot load {folder} as a cross-encoder: {msg}",
-                              hint="pass a sequence-classification (reranker) checkpoint, "
-                              "e.g. a local copy of BAAI/bge-reranker-base") from None
-    missing = [k for k in info.get("missing_keys", []) if not k.endswith(_IGNORABLE_MISSING)]
-    mismatched = info.get("mismatched_keys", [])
-    if missing or mismatched:
-        what = missing[:5] or [str(m) for m in mismatched[:5]]
-        raise CheckpointError(
-            f"{folder} is not a complete cross-encoder: {len(missing)} weights missing, {len(mismatched)} with "
-            f"other shapes (e.g. {', '.join(map(str, what))}); transformers would fill them with random values",
-            hint="pass a reranker checkpoint (AutoModelForSequenceClassification), not an embedding model",
-        )
+        model = load_model(folder, trust_pickle=trust_pickle, auto_class=AutoModelForSequenceClassification,
+                           ignorable_missing=(), what="cross-encoder")
+    except CheckpointError as exc:
+        if "unpickling" in exc.message:
+            raise
+        raise CheckpointError(exc.message, hint="pass a reranker checkpoint (AutoModelForSequenceClassification), "
+                              "e.g. a local copy of BAAI/bge-reranker-base, not an embedding model") from None
     model.eval()
     if device is None:
         import torch

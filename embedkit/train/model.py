@@ -64,17 +64,22 @@ class EmbedderTrainingModel(nn.Module):
         self.last_stats = stats
         return loss
 
-    def forward(self, query: dict[str, torch.Tensor], passage: dict[str, torch.Tensor],
+    def encode_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Encode a collated side (``{"chunks": [features, ...], "order": index}``) back into input order.
+
+        Chunks hold length-sorted sequences, each padded only to its own longest (see :class:`GroupCollator`).
+        """
+        reps = torch.cat([self.encode(chunk) for chunk in batch["chunks"]])
+        return reps[batch["order"]]
+
+    def forward(self, query: dict[str, Any], passage: dict[str, Any],
                 teacher_scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        q = self.encode(query)
-        p = self.encode(passage)
+        q = self.encode_batch(query)
+        p = self.encode_batch(passage)
         return {"loss": self.compute_loss(q, p, teacher_scores), "q_reps": q, "p_reps": p}
 
 
 # ---------------------------------------------------------------------- GradCache
-def _chunks(features: dict[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
-    n = next(iter(features.values())).shape[0]
-    return [{k: v[i:i + size] for k, v in features.items()} for i in range(0, n, size)]
 
 
 class _RngState:
@@ -91,10 +96,10 @@ class _RngState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
-def grad_cache_step(model: EmbedderTrainingModel, inputs: dict[str, Any], chunk_size: int,
+def grad_cache_step(model: EmbedderTrainingModel, inputs: dict[str, Any],
                     backward: Callable[[torch.Tensor], None] | None = None, loss_scale: float = 1.0,
                     autocast: Callable[[], Any] | None = None) -> torch.Tensor:
-    """One GradCache step: the full-batch gradient in the memory of ``chunk_size`` sequences.
+    """One GradCache step: the full-batch gradient in the memory of one chunk (the collator's chunk size).
 
     1. forward every chunk without a graph and keep the vectors (and each chunk's RNG state);
     2. compute the loss on those vectors and back-propagate to the vectors only;
@@ -106,23 +111,25 @@ def grad_cache_step(model: EmbedderTrainingModel, inputs: dict[str, Any], chunk_
 
     backward = backward or (lambda t: t.backward())
     autocast = autocast or contextlib.nullcontext
-    reps: dict[str, list[torch.Tensor]] = {}
+    leaves: dict[str, torch.Tensor] = {}
     states: dict[str, list[_RngState]] = {}
     for name in ("query", "passage"):
-        reps[name], states[name] = [], []
-        for chunk in _chunks(inputs[name], chunk_size):
+        reps, states[name] = [], []
+        for chunk in inputs[name]["chunks"]:
             states[name].append(_RngState())
             with torch.no_grad(), autocast():
-                reps[name].append(model.encode(chunk))
-    q = torch.cat(reps["query"]).detach().requires_grad_()
-    p = torch.cat(reps["passage"]).detach().requires_grad_()
+                reps.append(model.encode(chunk))
+        leaves[name] = torch.cat(reps).detach().requires_grad_()
     final_state = _RngState()
     with autocast():
+        q = leaves["query"][inputs["query"]["order"]]
+        p = leaves["passage"][inputs["passage"]["order"]]
         loss = model.compute_loss(q, p, inputs.get("teacher_scores")) * loss_scale
     loss.backward()  # gradients w.r.t. the cached vectors only
-    grads = {"query": q.grad.split(chunk_size), "passage": p.grad.split(chunk_size)}
     for name in ("query", "passage"):
-        for chunk, state, grad in zip(_chunks(inputs[name], chunk_size), states[name], grads[name], strict=True):
+        chunks = inputs[name]["chunks"]
+        grads = leaves[name].grad.split([c["input_ids"].shape[0] for c in chunks])
+        for chunk, state, grad in zip(chunks, states[name], grads, strict=True):
             state.restore()
             with autocast():
                 rep = model.encode(chunk)

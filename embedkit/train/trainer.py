@@ -76,20 +76,37 @@ class GroupDataset(torch.utils.data.Dataset):
 
 @dataclass
 class GroupCollator:
-    """Tokenizes a batch of groups: queries at the query max length, passages at the passage max length."""
+    """Tokenizes a batch of groups: queries at the query max length, passages at the passage max length.
+
+    Each side is sorted by token length and cut into chunks of ``chunk_size`` sequences, each padded only to its own
+    longest (the inference batching of :mod:`embedkit.batching`): less padding than one padded block, and the
+    chunks GradCache needs. ``order`` maps the concatenated chunk outputs back to input order.
+    """
 
     tokenizer: Any
     query_max_length: int
     passage_max_length: int
+    chunk_size: int = 32
+
+    def _side(self, texts: list[str], max_length: int) -> dict[str, Any]:
+        from ..batching import batches, length_sorted_order, pad_features
+
+        enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+        features = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        order = length_sorted_order([len(ids) for ids in features["input_ids"]])
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        side = getattr(self.tokenizer, "padding_side", "right")
+        chunks = [{k: torch.from_numpy(v) for k, v in pad_features(features, rows, pad_id, side).items()}
+                  for rows in batches(order, self.chunk_size)]
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return {"chunks": chunks, "order": torch.from_numpy(inverse)}
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        queries = [it["query"] for it in items]
-        passages = [p for it in items for p in it["passages"]]
-        q = self.tokenizer(queries, padding=True, truncation=True, max_length=self.query_max_length,
-                           return_tensors="pt")
-        p = self.tokenizer(passages, padding=True, truncation=True, max_length=self.passage_max_length,
-                           return_tensors="pt")
-        batch: dict[str, Any] = {"query": dict(q), "passage": dict(p)}
+        batch: dict[str, Any] = {
+            "query": self._side([it["query"] for it in items], self.query_max_length),
+            "passage": self._side([p for it in items for p in it["passages"]], self.passage_max_length),
+        }
         if all(it["scores"] is not None for it in items):
             batch["teacher_scores"] = torch.tensor([it["scores"] for it in items], dtype=torch.float32)
         return batch
@@ -181,13 +198,12 @@ class EmbedkitTrainer(Trainer):
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001
-        chunk = self.args.grad_cache_chunk
-        if not chunk:
+        if not self.args.grad_cache_chunk:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
         inner = self.accelerator.unwrap_model(model)
-        loss = grad_cache_step(inner, inputs, chunk, backward=self.accelerator.backward,
+        loss = grad_cache_step(inner, inputs, backward=self.accelerator.backward,
                                loss_scale=1.0 / self.current_gradient_accumulation_steps,
                                autocast=self.compute_loss_context_manager)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -330,7 +346,8 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
         in_batch_negatives=train_args.in_batch_negatives, negatives_cross_device=train_args.negatives_cross_device,
         kd_loss=None if train_args.kd_loss == "none" else train_args.kd_loss, kd_weight=train_args.kd_weight)
     dataset = GroupDataset(data.examples, spec, data_args.train_group_size, seed=train_args.seed)
-    collator = GroupCollator(tokenizer, spec.query_max_length, spec.passage_max_length)
+    collator = GroupCollator(tokenizer, spec.query_max_length, spec.passage_max_length,
+                             chunk_size=train_args.grad_cache_chunk or train_args.per_device_train_batch_size)
     callbacks = [MetricsCallback(Path(train_args.output_dir), plot=train_args.plot_loss)]
     trainer = EmbedkitTrainer(model=model, args=train_args, train_dataset=dataset, data_collator=collator,
                               processing_class=tokenizer, callbacks=callbacks, spec=spec)
