@@ -138,6 +138,21 @@ def summarize_data(data: LoadResult, tokenizer: Any, spec: EmbedderSpec, sample:
     }
 
 
+def format_summary(summary: dict[str, Any]) -> str:
+    """The data summary as a few readable lines (printed before training starts)."""
+    neg, q, p = summary["negatives_per_row"], summary["query_tokens"], summary["passage_tokens"]
+    return "\n".join([
+        f"training data: {summary['rows']} rows ({summary['skipped']} skipped) from {', '.join(summary['files'])}",
+        f"  negatives per row: min {neg['min']}, mean {neg['mean']}, max {neg['max']} "
+        f"({neg['rows_without']} rows without: random passages from other rows are used)",
+        f"  rows with teacher scores: {summary['with_teacher_scores']}",
+        f"  query tokens p50/p90/p99/max {q['p50']}/{q['p90']}/{q['p99']}/{q['max']} vs max length "
+        f"{summary['query_max_length']}: {summary['queries_truncated_pct']}% truncated",
+        f"  passage tokens p50/p90/p99/max {p['p50']}/{p['p90']}/{p['p99']}/{p['max']} vs max length "
+        f"{summary['passage_max_length']}: {summary['passages_truncated_pct']}% truncated",
+    ])
+
+
 # ---------------------------------------------------------------------- callbacks
 class MetricsCallback(TrainerCallback):
     """Appends every log to ``OUTPUT/metrics.jsonl`` and draws ``OUTPUT/loss_curve.png`` at the end."""
@@ -359,7 +374,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
     trainer, summary = build_trainer(model_args, data_args, train_args)
     out = Path(train_args.output_dir)
     if trainer.is_world_process_zero():
-        logger.info("training data: %s", json.dumps(summary))
+        logger.info("%s", format_summary(summary))
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "data_summary.json", "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
