@@ -111,6 +111,25 @@ class Embedder:
         self.backend = TorchBackend(self.path, device=device, dtype=dtype)
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, spec: EmbedderSpec, *, batch_size: int = 256,
+                   show_progress: bool | None = None) -> Embedder:
+        """An Embedder over an already loaded ``transformers`` model (e.g. during training), with the given spec.
+
+        The model is used as it is (device, dtype, train/eval mode): put it in ``eval()`` mode for inference.
+        """
+        self = cls.__new__(cls)
+        self.path = None
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.backend = TorchBackend.from_model(model)
+        limit = getattr(tokenizer, "model_max_length", None)
+        self.model_max_length = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return self
+
     @property
     def dim(self) -> int:
         """Output dimension (after Matryoshka truncation)."""

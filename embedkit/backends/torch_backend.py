@@ -61,9 +61,22 @@ class TorchBackend:
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
-        self.model = load_model(model_dir, dtype=self.dtype, trust_pickle=trust_pickle, device=self.device)
-        self.hidden_size: int = int(self.model.config.hidden_size)
-        accepted = set(inspect.signature(self.model.forward).parameters)
+        self._init_model(load_model(model_dir, dtype=self.dtype, trust_pickle=trust_pickle, device=self.device))
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> TorchBackend:
+        """Wrap an already loaded model (e.g. one being trained), on its current device and dtype."""
+        self = cls.__new__(cls)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self._init_model(model)
+        return self
+
+    def _init_model(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.hidden_size: int = int(model.config.hidden_size)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wrappers take **kwargs
+        accepted = set(inspect.signature(base.forward).parameters)
         self.input_names = tuple(
             n for n in ("input_ids", "attention_mask", "token_type_ids", "position_ids") if n in accepted
         )

@@ -1,0 +1,84 @@
+"""``embedkit eval``: retrieval metrics of a model on a BEIR-layout folder, optionally against a second model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..errors import DataError
+from .app import app
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        raise DataError(f"--k {text!r} is not a comma-separated list of integers",
+                        hint="e.g. --k 1,3,5,10,100") from None
+    if not ks or ks[0] < 1:
+        raise DataError(f"--k {text!r}: every k must be >= 1", hint="e.g. --k 1,3,5,10,100")
+    return ks
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
+    data: Path = typer.Option(..., "--data", "-d", help="BEIR / FlagEmbedding layout folder."),
+    split: str = typer.Option("test", help="Which split's queries / qrels."),
+    k: str = typer.Option("1,3,5,10,100", "--k", help="Cut-offs, comma-separated."),
+    compare: str | None = typer.Option(None, help="A second model, evaluated on the same data (with deltas)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write a markdown report here."),
+    plot: Path | None = typer.Option(None, help="Bar chart PNG (default with --compare: next to --output or ./)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Texts per forward pass."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached corpus embeddings."),
+) -> None:
+    """Evaluate MODEL's retrieval quality (nDCG, recall, MRR, MAP, precision @k) on the benchmark in --data.
+
+    Example: embedkit eval minilm --data my-benchmark --compare out/model --output report.md
+    """
+    from .._io import atomic_write
+    from ..eval import load_eval_data
+    from ..eval.retrieval import compare_metrics, default_cache_dir, evaluate, markdown_report, plot_comparison
+
+    ks = _parse_ks(k)
+    bench = load_eval_data(data, split)
+    cache_dir = default_cache_dir() if cache else None
+    results = [evaluate(model, bench, ks=ks, batch_size=batch_size, cache_dir=cache_dir, name=model)]
+    if compare:
+        results.append(evaluate(compare, bench, ks=ks, batch_size=batch_size, cache_dir=cache_dir, name=compare))
+    if output:
+        with atomic_write(output, "w") as fh:
+            fh.write(markdown_report(results))
+    if compare and plot is None:
+        plot = (output.parent if output else Path(".")) / "eval_comparison.png"
+    if plot:
+        plot_comparison(results, plot)
+    if as_json:
+        payload = {"results": [r.to_dict() for r in results]}
+        if compare:
+            payload["delta"] = compare_metrics(results[0], results[1])
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    s = results[0].data
+    table = Table(title=f"{data} ({split}): {s['queries']} queries, {s['corpus']} documents")
+    table.add_column("metric")
+    for r in results:
+        table.add_column(r.model + (" (cached corpus)" if r.cache_hit else ""), justify="right")
+    if compare:
+        table.add_column("delta", justify="right")
+    for metric in results[0].metrics:
+        row = [f"{r.metrics[metric]:.4f}" for r in results]
+        if compare:
+            d = results[1].metrics[metric] - results[0].metrics[metric]
+            row.append(f"[{'green' if d > 0 else 'red' if d < 0 else 'white'}]{d:+.4f}[/]")
+        table.add_row(metric, *row)
+    Console().print(table)
+    for path in (output, plot):
+        if path:
+            typer.echo(f"wrote {path}")

@@ -1,0 +1,167 @@
+"""Retrieval evaluation data: BEIR / FlagEmbedding custom layouts, validated with ``file:line`` errors.
+
+Accepted layouts in a folder (``SPLIT`` defaults to ``test``):
+
+- corpus: ``corpus.jsonl`` — ``{"id" | "_id", "title"?, "text"}``;
+- queries: ``SPLIT_queries.jsonl`` or ``queries.jsonl`` — ``{"id" | "_id", "text"}``;
+- qrels: ``SPLIT_qrels.jsonl`` or ``qrels.jsonl`` — ``{"qid", "docid", "relevance"}``, or BEIR's
+  ``qrels/SPLIT.tsv`` — ``query-id<TAB>corpus-id<TAB>score`` with a header line.
+
+Queries without any relevant document are dropped (as BEIR does) and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+
+@dataclass
+class EvalData:
+    """A loaded retrieval benchmark."""
+
+    folder: Path
+    split: str
+    corpus: dict[str, str]  # doc id -> text (title + text)
+    queries: dict[str, str]  # query id -> text (only queries with judgements)
+    qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance}
+    files: dict[str, Path] = field(default_factory=dict)
+    dropped_queries: int = 0
+
+    def corpus_hash(self) -> str:
+        """sha256 over the corpus ids and texts, in order (the key of the embedding cache)."""
+        h = hashlib.sha256()
+        for doc_id, text in self.corpus.items():
+            h.update(doc_id.encode("utf-8") + b"\x00" + text.encode("utf-8") + b"\x01")
+        return h.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "split": self.split, "corpus": len(self.corpus),
+                "queries": len(self.queries), "qrels": sum(len(v) for v in self.qrels.values()),
+                "dropped_queries": self.dropped_queries, "files": {k: str(v) for k, v in self.files.items()}}
+
+
+def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 ({exc.reason})", hint="re-encode the file as UTF-8") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        rows.append((lineno, obj))
+    return rows
+
+
+def _id(obj: dict[str, Any], path: Path, lineno: int) -> str:
+    value = obj.get("id", obj.get("_id"))
+    if value is None or isinstance(value, (dict, list, bool)):
+        raise DataError(f"{path}:{lineno}: missing 'id' (or '_id')", hint='each line needs {"id": ..., "text": ...}')
+    return str(value)
+
+
+def _text(obj: dict[str, Any], key: str, path: Path, lineno: int, required: bool = True) -> str:
+    value = obj.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        what = "missing" if value is None else f"is {type(value).__name__}, expected a string"
+        raise DataError(f"{path}:{lineno}: '{key}' {what}")
+    return value
+
+
+def _pick(folder: Path, names: list[str], what: str) -> Path:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: no {what} file (looked for {', '.join(names)})",
+                    hint="use the BEIR / FlagEmbedding layout: corpus.jsonl, queries.jsonl, qrels.jsonl "
+                    "(or qrels/SPLIT.tsv)")
+
+
+def load_eval_data(folder: str | Path, split: str = "test") -> EvalData:
+    """Load and validate a retrieval benchmark folder (see the module docstring for the layouts).
+
+    Example:
+        >>> data = load_eval_data("my-benchmark", split="test")
+        >>> len(data.queries), len(data.corpus)
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"evaluation data {folder} is not a folder",
+                        hint="pass a folder with corpus.jsonl, queries.jsonl and qrels (BEIR layout)")
+    corpus_path = _pick(folder, ["corpus.jsonl"], "corpus")
+    queries_path = _pick(folder, [f"{split}_queries.jsonl", "queries.jsonl"], "queries")
+    qrels_path = _pick(folder, [f"{split}_qrels.jsonl", "qrels.jsonl", f"qrels/{split}.tsv"], "qrels")
+
+    corpus: dict[str, str] = {}
+    for lineno, obj in _jsonl(corpus_path):
+        doc_id = _id(obj, corpus_path, lineno)
+        if doc_id in corpus:
+            raise DataError(f"{corpus_path}:{lineno}: duplicate document id {doc_id!r}", hint="ids must be unique")
+        title = _text(obj, "title", corpus_path, lineno, required=False)
+        text = _text(obj, "text", corpus_path, lineno)
+        corpus[doc_id] = f"{title} {text}".strip() if title else text
+    if not corpus:
+        raise DataError(f"{corpus_path} is empty")
+
+    queries: dict[str, str] = {}
+    for lineno, obj in _jsonl(queries_path):
+        qid = _id(obj, queries_path, lineno)
+        if qid in queries:
+            raise DataError(f"{queries_path}:{lineno}: duplicate query id {qid!r}", hint="ids must be unique")
+        queries[qid] = _text(obj, "text", queries_path, lineno)
+
+    qrels: dict[str, dict[str, int]] = {}
+    for where, qid, docid, rel in _read_qrels(qrels_path):
+        if qid not in queries:
+            raise DataError(f"{where}: unknown query id {qid!r} (not in {queries_path.name})")
+        if docid not in corpus:
+            raise DataError(f"{where}: unknown document id {docid!r} (not in {corpus_path.name})")
+        if docid in qrels.get(qid, {}):
+            raise DataError(f"{where}: duplicate judgement for ({qid!r}, {docid!r})")
+        qrels.setdefault(qid, {})[docid] = rel
+    judged = {q: t for q, t in queries.items() if any(r > 0 for r in qrels.get(q, {}).values())}
+    if not judged:
+        raise DataError(f"{qrels_path}: no query has a relevant document", hint="relevance must be > 0")
+    return EvalData(folder=folder, split=split, corpus=corpus, queries=judged,
+                    qrels={q: qrels[q] for q in judged}, dropped_queries=len(queries) - len(judged),
+                    files={"corpus": corpus_path, "queries": queries_path, "qrels": qrels_path})
+
+
+def _read_qrels(path: Path) -> list[tuple[str, str, str, int]]:
+    out = []
+    if path.suffix == ".tsv":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for lineno, line in enumerate(lines, start=1):
+            parts = line.split("\t")
+            if lineno == 1 and not parts[-1].strip().lstrip("-").isdigit():
+                continue  # header
+            if not line.strip():
+                continue
+            if len(parts) != 3 or not parts[2].strip().lstrip("-").isdigit():
+                raise DataError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score'")
+            out.append((f"{path}:{lineno}", parts[0].strip(), parts[1].strip(), int(parts[2])))
+        return out
+    for lineno, obj in _jsonl(path):
+        where = f"{path}:{lineno}"
+        qid, docid = obj.get("qid", obj.get("query-id")), obj.get("docid", obj.get("corpus-id"))
+        rel = obj.get("relevance", obj.get("score", 1))
+        if qid is None or docid is None:
+            raise DataError(f"{where}: needs 'qid' and 'docid'", hint='{"qid": ..., "docid": ..., "relevance": 1}')
+        if isinstance(rel, bool) or not isinstance(rel, (int, float)) or int(rel) != rel:
+            raise DataError(f"{where}: 'relevance' must be an integer, got {rel!r}")
+        out.append((where, str(qid), str(docid), int(rel)))
+    return out
