@@ -164,3 +164,20 @@ def test_torchrun_two_processes_gather_cross_device_negatives(tiny_bert, tmp_pat
     local = 8
     assert rows[0]["queries_in_loss"] == 2 * local and rows[0]["passages_in_loss"] == 2 * local * 4
     assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_eval_data_before_during_after(tiny_bert, tmp_path):
+    from tests.test_eval import _bench
+
+    data = make_data(tmp_path / "t.jsonl")
+    bench = _bench(tmp_path / "bench")
+    out = tmp_path / "ev"
+    final = run(*parse_args(_args(tiny_bert, data, out, "--max_steps", "10", "--save_strategy", "no",
+                                  "--eval_data", str(bench), "--eval_steps", "5")))
+    _, rows = _losses(out)
+    phases = [r["phase"] for r in rows if "phase" in r]
+    assert phases == ["before", "step-5", "after"]
+    assert all("ndcg@10" in r["eval"] for r in rows if "phase" in r)
+    assert (out / "eval_before_after.png").stat().st_size > 1000
+    card = (final / "README.md").read_text()
+    assert "## Metrics" in card and "ndcg@10" in card and "→" in card

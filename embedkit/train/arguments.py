@@ -42,6 +42,10 @@ class DataArguments:
     train_data: list[str] = field(default_factory=list, metadata={"help": "jsonl files or folders."})
     train_group_size: int = field(default=8, metadata={"help": "1 positive + (N - 1) negatives per query."})
     skip_invalid: bool = field(default=False, metadata={"help": "Skip invalid rows (counted) instead of failing."})
+    eval_data: str | None = field(
+        default=None, metadata={"help": "BEIR-layout folder: retrieval metrics before and after training "
+                                "(and every --eval_steps steps)."})
+    eval_split: str = field(default="test", metadata={"help": "Split of --eval_data to use."})
 
 
 @dataclass

@@ -200,13 +200,56 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> Path | None:
     return png
 
 
+class RetrievalEvalCallback(TrainerCallback):
+    """Evaluates the model being trained on a retrieval benchmark every ``eval_steps`` steps (main process only)."""
+
+    def __init__(self, evaluate_fn: Any, eval_steps: int | None) -> None:
+        self.evaluate_fn = evaluate_fn
+        self.eval_steps = eval_steps
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer's callback signature
+        if self.eval_steps and state.global_step % self.eval_steps == 0 and state.global_step < state.max_steps:
+            if state.is_world_process_zero:
+                self.evaluate_fn(f"step-{state.global_step}", state.global_step)
+
+
 # ---------------------------------------------------------------------- trainer
 class EmbedkitTrainer(Trainer):
     """``Trainer`` with the contrastive loss, GradCache, and embedkit's saving and resuming."""
 
-    def __init__(self, *args: Any, spec: EmbedderSpec, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, spec: EmbedderSpec, eval_data: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spec = spec
+        self.eval_data = eval_data
+        self.eval_results: dict[str, Any] = {}
+        if eval_data is not None:
+            steps = self.args.eval_steps if self.args.eval_steps and self.args.eval_steps >= 1 else None
+            self.add_callback(RetrievalEvalCallback(self.evaluate_retrieval, int(steps) if steps else None))
+
+    def evaluate_retrieval(self, phase: str, step: int | None = None) -> Any:
+        """Retrieval metrics of the model as it is now (in eval mode, with the training spec); logged to
+        ``metrics.jsonl`` as ``{"phase": phase, "eval": {...}}``."""
+        from ..embedder import Embedder
+        from ..eval.retrieval import evaluate
+
+        encoder = self.accelerator.unwrap_model(self.model).encoder
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            embedder = Embedder.from_model(encoder, self.processing_class, self.spec,
+                                           batch_size=self.args.per_device_eval_batch_size * 8, show_progress=False)
+            result = evaluate(embedder, self.eval_data, cache_dir=None, name=phase)
+        finally:
+            encoder.train(was_training)
+        self.eval_results[phase] = result
+        line = {"step": self.state.global_step if step is None else step, "phase": phase, "eval": result.metrics}
+        path = Path(self.args.output_dir) / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+        main = {k: v for k, v in result.metrics.items() if k.endswith("@10")}
+        logger.info("retrieval eval (%s): %s", phase, ", ".join(f"{k} {v:.4f}" for k, v in main.items()))
+        return result
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         outputs = model(**inputs)
@@ -364,8 +407,13 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     collator = GroupCollator(tokenizer, spec.query_max_length, spec.passage_max_length,
                              chunk_size=train_args.grad_cache_chunk or train_args.per_device_train_batch_size)
     callbacks = [MetricsCallback(Path(train_args.output_dir), plot=train_args.plot_loss)]
+    eval_data = None
+    if data_args.eval_data:
+        from ..eval.data import load_eval_data
+
+        eval_data = load_eval_data(data_args.eval_data, data_args.eval_split)
     trainer = EmbedkitTrainer(model=model, args=train_args, train_dataset=dataset, data_collator=collator,
-                              processing_class=tokenizer, callbacks=callbacks, spec=spec)
+                              processing_class=tokenizer, callbacks=callbacks, spec=spec, eval_data=eval_data)
     return trainer, summary
 
 
@@ -378,6 +426,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "data_summary.json", "w", encoding="utf-8") as fh:
             json.dump(summary, fh, indent=2)
+    evaluating = trainer.eval_data is not None and trainer.is_world_process_zero()
+    if evaluating and not train_args.resume_from_checkpoint:
+        trainer.evaluate_retrieval("before", 0)
     trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
     inner = trainer.accelerator.unwrap_model(trainer.model)
     final = out / (ADAPTER_DIR if model_args.lora else FINAL_MODEL_DIR)
@@ -386,6 +437,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
                              "steps": trainer.state.global_step, "group_size": data_args.train_group_size,
                              "temperature": train_args.temperature, "lora": model_args.lora},
                 "base_model": model_args.model_name_or_path}
+        if evaluating:
+            card["metrics"] = _before_after(trainer, out)
         if model_args.lora:
             save_adapter(inner.encoder, final, trainer.spec, trainer.processing_class)
             if model_args.merge_lora:
@@ -399,6 +452,20 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return final
+
+
+def _before_after(trainer: EmbedkitTrainer, out: Path) -> dict[str, str]:
+    """Evaluate the trained model, plot before vs after, and return the model-card metrics table."""
+    from ..eval.retrieval import main_metrics, plot_comparison
+
+    after = trainer.evaluate_retrieval("after")
+    before = trainer.eval_results.get("before")
+    if before is None:
+        return {k: f"{v:.4f}" for k, v in after.metrics.items() if k in main_metrics(after.metrics)}
+    plot_comparison([before, after], out / "eval_before_after.png", labels=["before", "after"],
+                    title=f"Retrieval on {Path(str(after.data['folder'])).name} ({after.data['split']})")
+    return {k: f"{before.metrics[k]:.4f} → {after.metrics[k]:.4f} ({after.metrics[k] - before.metrics[k]:+.4f})"
+            for k in main_metrics(after.metrics)}
 
 
 def main(argv: list[str] | None = None) -> int:
