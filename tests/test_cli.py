@@ -82,3 +82,15 @@ def test_spec_json(capsys):
 def test_spec_table(capsys, tiny_bert):
     assert main(["spec", str(tiny_bert)]) == 0
     assert "assumed" in capsys.readouterr().out
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+
+    from embedkit._io import atomic_write
+
+    with atomic_write(tmp_path / "f.txt", "w") as fh:
+        fh.write("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
