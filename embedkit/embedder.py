@@ -15,7 +15,7 @@ from . import pooling
 from .backends.torch_backend import TorchBackend
 from .batching import batches, length_sorted_order, pad_features
 from .checkpoint.layout import check_model_folder
-from .errors import CheckpointError, SpecError
+from .errors import SpecError
 from .models import resolve_model_path
 from .spec import EmbedderSpec, load_spec, model_token_limit
 
@@ -85,7 +85,7 @@ class Embedder:
         batch_size: int = 256,
         show_progress: bool | None = None,
     ) -> None:
-        from transformers import AutoTokenizer
+        from .checkpoint.loading import load_tokenizer
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}", hint="e.g. batch_size=64")
@@ -99,13 +99,7 @@ class Embedder:
                  truncate_dim=truncate_dim),
         )
         self.model_max_length = model_token_limit(self.path)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"cannot load the tokenizer in {self.path}: {exc}",
-                hint="check the tokenizer files (`embedkit inspect` lists what the folder holds)",
-            ) from exc
+        self.tokenizer = load_tokenizer(self.path)
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.backend = TorchBackend(self.path, device=device, dtype=dtype)

@@ -34,6 +34,18 @@ def _check_headers(folder: Path) -> None:
                 read_safetensors_header(folder / shard)
 
 
+def load_tokenizer(path: str | Path, hint: str | None = None) -> Any:
+    """``AutoTokenizer`` from a local folder (``local_files_only``); :class:`CheckpointError` naming the folder."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"no usable tokenizer in {path}: {str(exc).strip().splitlines()[0][:300]}",
+                              hint=hint or "check the tokenizer files (`embedkit inspect` lists what the folder "
+                              "holds); training checkpoints often lack them: copy them from the base model") from None
+
+
 def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = False, device: Any = None,
                auto_class: Any = None, ignorable_missing: tuple[str, ...] = _IGNORABLE_MISSING,
                what: str = "model") -> Any:

@@ -115,10 +115,8 @@ def save(
     Example:
         >>> save("checkpoint-1500", "my-model", pooling="cls", query_instruction="query: ")
     """
-    from transformers import AutoTokenizer
-
     from .card import model_card
-    from .loading import load_model
+    from .loading import load_model, load_tokenizer
     from .manifest import write_manifest
 
     if format not in FORMATS:
@@ -140,12 +138,8 @@ def save(
         if tokenizer is None:
             raise CheckpointError("saving a model object needs its tokenizer", hint="pass tokenizer=...")
     if isinstance(tokenizer, (str, Path)):
-        tok_dir = resolve_model_path(tokenizer)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"no usable tokenizer in {tok_dir}: {str(exc).splitlines()[0]}",
-                                  hint="pass --tokenizer BASE_MODEL_DIR (training checkpoints often lack it)") from None
+        tokenizer = load_tokenizer(resolve_model_path(tokenizer),
+                                   hint="pass --tokenizer BASE_MODEL_DIR (training checkpoints often lack it)")
 
     hidden_size = int(model.config.hidden_size)
     config_dict = model.config.to_dict()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..textio import iter_jsonl
 
 logger = logging.getLogger("embedkit")
 
@@ -152,24 +153,12 @@ def load_train_data(paths: str | Path | Sequence[str | Path], *, skip_invalid: b
     examples: list[TrainExample] = []
     problems: list[str] = []
     for f in files:
-        try:
-            lines = f.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{f}: not UTF-8 ({exc.reason} at byte {exc.start})", hint="re-encode as UTF-8") from None
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{f}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})")
-                continue
+        for lineno, obj in iter_jsonl(f, problems=problems, what="training data"):
             row = parse_row(obj)
             if isinstance(row, str):
-                problems.append(f"{where}: {row}")
+                problems.append(f"{f}:{lineno}: {row}")
                 continue
-            row.source = where
+            row.source = f"{f}:{lineno}"
             examples.append(row)
     if problems and not skip_invalid:
         shown = "\n".join(problems[:max_report])

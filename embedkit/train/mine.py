@@ -148,41 +148,14 @@ def load_candidate_pool(path: PathLike) -> list[str]:
     Example:
         >>> load_candidate_pool("corpus.jsonl")[:2]
     """
-    import json
+    from ..textio import read_texts
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"candidate pool {path} does not exist" if not path.exists() else f"{path} is not a file",
-                        hint='pass a jsonl file with one {"text": "..."} object per line')
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})", hint="re-encode as UTF-8") from None
-    texts: list[str] = []
-    empty = 0
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})",
-                            hint='each line must be one JSON object like {"text": "..."}') from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}",
-                            hint='each line must look like {"text": "..."}')
-        if "text" not in obj:
-            raise DataError(f"{where}: no field 'text' (fields: {', '.join(map(repr, obj)) or 'none'})",
-                            hint='each line must look like {"text": "..."}')
-        text = obj["text"]
-        if not isinstance(text, str):
-            raise DataError(f"{where}: 'text' is {type(text).__name__}, expected a string",
-                            hint="every candidate passage must be a JSON string")
-        if not text.strip():
-            empty += 1
-            continue
-        texts.append(text)
+    if path.is_file() and path.suffix.lower() not in (".jsonl", ".ndjson"):
+        raise DataError(f"candidate pool {path} must be a .jsonl file", hint='one {"text": "..."} object per line')
+    every = read_texts(path, field="text", what="candidate pool")
+    texts = [t for t in every if t.strip()]
+    empty = len(every) - len(texts)
     if empty:
         logger.warning("candidate pool %s: skipped %d empty text(s)", path, empty)
     if not texts:
@@ -381,10 +354,10 @@ def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: An
     Offline (``local_files_only``), no untrusted pickle, and never a half-random model: a folder whose weights
     lack the classification head (e.g. a bare embedding model) raises :class:`CheckpointError`.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from ..checkpoint.layout import check_model_folder
-    from ..checkpoint.loading import load_model
+    from ..checkpoint.loading import load_model, load_tokenizer
 
     if not Path(path).expanduser().exists():
         raise CheckpointError(
@@ -394,11 +367,7 @@ def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: An
             "elsewhere with `huggingface-cli download BAAI/bge-reranker-base --local-dir DIR`",
         )
     folder = check_model_folder(path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot load the tokenizer in {folder}: {exc}",
-                              hint="check the tokenizer files (`embedkit inspect` lists them)") from None
+    tokenizer = load_tokenizer(folder)
     try:
         model = load_model(folder, trust_pickle=trust_pickle, auto_class=AutoModelForSequenceClassification,
                            ignorable_missing=(), what="cross-encoder")

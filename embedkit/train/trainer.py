@@ -378,10 +378,8 @@ def apply_lora(encoder: Any, model_args: ModelArguments) -> Any:
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments,
                   ) -> tuple[EmbedkitTrainer, dict[str, Any]]:
     """Validate the data, resolve the spec, load the model, and wire up the trainer. Returns it and the summary."""
-    from transformers import AutoTokenizer
-
     from ..checkpoint.layout import check_model_folder
-    from ..checkpoint.loading import load_model
+    from ..checkpoint.loading import load_model, load_tokenizer
     from ..models import resolve_model_path
 
     if data_args.train_group_size < 1:
@@ -394,7 +392,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     model_args.model_name_or_path = str(path)
     spec = build_spec(model_args)
     data = load_train_data(data_args.train_data, skip_invalid=data_args.skip_invalid)
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tokenizer = load_tokenizer(path)
     summary = summarize_data(data, tokenizer, spec)
     encoder = load_model(path, trust_pickle=model_args.trust_pickle)
     if model_args.lora:
