@@ -57,6 +57,8 @@ class Embedder:
         truncate_dim: output dimension (Matryoshka truncation, applied before normalization).
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         dtype: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``.
+        backend: ``"torch"`` (default) or ``"onnx"`` (the folder's ``onnx/embedder.onnx`` from
+            ``embedkit export onnx``, through onnxruntime; ``precision="int8"`` for the quantized graph).
         batch_size: texts per forward pass.
         show_progress: progress bar; default on when stderr is a terminal and there is more than one batch.
 
@@ -84,6 +86,9 @@ class Embedder:
         dtype: str | torch.dtype | None = None,
         batch_size: int = 256,
         show_progress: bool | None = None,
+        backend: str = "torch",
+        precision: str = "fp32",
+        trust_pickle: bool = False,
     ) -> None:
         from .checkpoint.loading import load_tokenizer
 
@@ -102,7 +107,17 @@ class Embedder:
         self.tokenizer = load_tokenizer(self.path)
         self.batch_size = batch_size
         self.show_progress = show_progress
-        self.backend = TorchBackend(self.path, device=device, dtype=dtype)
+        if backend == "onnx":
+            from .backends.onnx_backend import OnnxBackend
+
+            self.backend = OnnxBackend(self.path, precision=precision)
+            self.backend.check_spec(self.spec)
+        elif backend == "torch":
+            if precision != "fp32":
+                raise SpecError(f"precision={precision!r} is for backend='onnx'", hint="use dtype= for torch")
+            self.backend = TorchBackend(self.path, device=device, dtype=dtype, trust_pickle=trust_pickle)
+        else:
+            raise SpecError(f"unknown backend {backend!r}", hint="use 'torch' or 'onnx'")
         self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     @classmethod
@@ -224,8 +239,13 @@ class Embedder:
         padding_side = getattr(self.tokenizer, "padding_side", "right")
         spec = self.spec
         with self._progress(len(texts), batch_size, show_progress) as bar:
+            pooled = getattr(self.backend, "pooled", False)
             for rows in batches(order, batch_size):
                 padded = pad_features(features, rows, self.pad_token_id, padding_side)
+                if pooled:  # the graph ends in embedkit.pooling.embed, traced with this spec
+                    out[rows] = self.backend.forward(padded)
+                    bar.update(len(rows))
+                    continue
                 hidden, mask = self.backend.forward(padded)
                 vecs = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim)
                 out[rows] = vecs.float().cpu().numpy()

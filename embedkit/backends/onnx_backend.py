@@ -1,0 +1,80 @@
+"""The ONNX backend: ``onnx/embedder.onnx`` (or ``embedder_int8.onnx``) through onnxruntime.
+
+The graph was traced from :func:`embedkit.pooling.embed` with the model's spec, so it returns final vectors
+(``pooled = True``); :class:`embedkit.Embedder` does tokenization, batching and ordering exactly as for PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError, EmbedkitError, SpecError
+
+PRECISIONS = ("fp32", "int8")
+
+
+class OnnxBackend:
+    """Runs an embedkit ONNX export; refuses an export that does not match the folder's weights or spec."""
+
+    pooled = True
+
+    def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EmbedkitError("backend='onnx' needs onnxruntime", hint="pip install 'embedkit[onnx]'") from None
+        from ..export.onnx import EMBEDDER_FILE, EMBEDDER_INT8_FILE, read_export_info, sha256_file, weights_fingerprint
+
+        if precision not in PRECISIONS:
+            raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")
+        folder = Path(model_dir)
+        self.info = read_export_info(folder)
+        rel = EMBEDDER_INT8_FILE if precision == "int8" else EMBEDDER_FILE
+        path = folder / rel
+        if not path.is_file():
+            why = ""
+            if precision == "int8":
+                int8 = self.info.get("int8")
+                why = (" (int8 was not requested at export)" if not int8 else
+                       f" (it failed the quality gate: best mean cosine "
+                       f"{max(t['mean_cosine'] for t in int8['tried']):.4f} < {int8['min_cosine_gate']})")
+            raise CheckpointError(f"{folder} has no {rel}{why}",
+                                  hint="use precision='fp32', or re-export with `embedkit export onnx --quantize int8`")
+        recorded = self.info.get("files", {}).get(rel)
+        if recorded and sha256_file(path) != recorded:
+            raise CheckpointError(f"{path} does not match its export record (changed or damaged since export)",
+                                  hint=f"re-export: `embedkit export onnx {self.info.get('source', 'MODEL')} OUT`")
+        current = weights_fingerprint(folder)
+        source = self.info.get("source_weights", {})
+        if current and source and current != source:
+            raise CheckpointError(
+                f"the ONNX export in {folder} was made from other weights than the ones in the folder now",
+                hint="re-export the current model: `embedkit export onnx MODEL OUT`")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.hidden_size = int(self.info["dim"])
+        self.precision = precision
+        self.device = "cpu"
+        self.dtype = f"onnx-{precision}"
+
+    def check_spec(self, spec: Any) -> None:
+        """The parts of the spec baked into the graph must equal the ones asked for."""
+        baked = self.info.get("spec", {})
+        for name in ("pooling", "normalize", "truncate_dim"):
+            if name in baked and baked[name] != getattr(spec, name):
+                raise SpecError(f"the ONNX graph was exported with {name}={baked[name]!r}, but {name}="
+                                f"{getattr(spec, name)!r} was asked for",
+                                hint="drop the argument, or re-export with the spec you want "
+                                "(`embedkit save ... --pooling ...` then `embedkit export onnx`)")
+
+    def forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Padded features -> final vectors (float32)."""
+        feed = {n: features[n].astype(np.int64, copy=False) for n in self.input_names}
+        return self.session.run(None, feed)[0]

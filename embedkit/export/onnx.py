@@ -1,0 +1,307 @@
+"""ONNX export: ``onnx/model.onnx`` (transformer only, for sentence-transformers / TEI / infinity) and
+``onnx/embedder.onnx`` (token ids -> final vector: pooling, truncation and normalization inside, from the same
+:mod:`embedkit.pooling` code), verified against PyTorch, optionally quantized to int8 behind a quality gate.
+
+Exporter: ``torch.onnx.export(..., dynamo=False)`` (TorchScript). Measured on all-MiniLM-L6-v2 here (2-core
+x86 CPU, onnxruntime 1.31, batch 64 x ~42 tokens): the TorchScript graph ran in 0.267 s vs 0.328 s for the dynamo
+exporter's (1.23x faster), exported in 0.9 s vs 6.5 s, and needs no ``onnxscript``. Both matched PyTorch to 2e-7.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import pooling
+from ..errors import CheckpointError, EmbedkitError
+from ..spec import EmbedderSpec
+
+logger = logging.getLogger("embedkit")
+
+ONNX_DIR = "onnx"
+TRANSFORMER_FILE = "onnx/model.onnx"
+EMBEDDER_FILE = "onnx/embedder.onnx"
+EMBEDDER_INT8_FILE = "onnx/embedder_int8.onnx"
+EXPORT_INFO_FILE = "onnx/export.json"
+DEFAULT_OPSET = 17
+
+CALIBRATION_TEXTS = (
+    "", "hi", "What is a text embedding?", "how do I fine-tune bge on my own data",
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings map sentences to vectors so that texts with similar meanings end up close together, which is what "
+    "semantic search, clustering and retrieval-augmented generation rely on.",
+    "def cosine(a, b):\n    return (a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))",
+    "Der schnelle braune Fuchs springt über den faulen Hund.", "Le modèle encode les requêtes et les passages.",
+    "中文句子的向量表示", "日本語の文も同じように扱えます。", "emoji 😀🚀 and symbols ±∞ → ✓",
+    "SELECT id, title FROM papers WHERE year > 2020 ORDER BY citations DESC LIMIT 10;",
+    "Error: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity)",
+    "1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144", "   leading and trailing spaces   ",
+    " ".join(["a long passage that goes on and on past the usual length limits of a query"] * 30),
+    "Represent this sentence for searching relevant passages: what causes rainbows?",
+    "Rainbows appear when sunlight is refracted, reflected and dispersed inside water droplets.",
+    "The mitochondria is the powerhouse of the cell.", "Q3 revenue grew 12% year over year to $4.1B.",
+    "Patient presents with acute onset chest pain radiating to the left arm.",
+    "git rebase -i HEAD~3 lets you squash the last three commits.", "¿Dónde está la biblioteca?",
+)
+
+# int8 candidates, fastest first; the first that passes the gate is kept. Quantizing every MatMul (per-channel)
+# gave mean cosine 0.987 / min 0.971 vs fp32 on 260 varied texts with all-MiniLM-L6-v2: the feed-forward output
+# projections (fed by GELU activations with a long tail) are the sensitive ones; keeping just those in fp32 gave
+# 0.9927 / 0.983 at about 1.5-1.9x the fp32 graph's speed.
+_INT8_CANDIDATES = (
+    ("per-channel int8, feed-forward output projections kept in fp32", {"exclude": ("output/dense",),
+                                                                        "keep": ("attention",)}),
+    ("per-channel int8, all output projections kept in fp32", {"exclude": ("output/dense",)}),
+)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote and measured."""
+
+    path: Path
+    inputs: list[str]
+    opset: int
+    parity_max_abs_diff: float
+    int8: dict[str, Any] | None = None
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, path=str(self.path))
+
+
+class TransformerGraph(torch.nn.Module):
+    """Token ids -> ``last_hidden_state`` (the layout sentence-transformers / TEI / infinity load)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+
+
+class EmbedderGraph(TransformerGraph):
+    """Token ids -> ``sentence_embedding``: the transformer + :func:`embedkit.pooling.embed` with the spec."""
+
+    def __init__(self, encoder: torch.nn.Module, spec: EmbedderSpec) -> None:
+        super().__init__(encoder)
+        self.spec = spec
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = super().forward(input_ids, attention_mask, token_type_ids)
+        return pooling.embed(hidden, attention_mask, self.spec.pooling, self.spec.normalize, self.spec.truncate_dim)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_fingerprint(folder: Path) -> dict[str, str]:
+    """sha256 of each weight file of a model folder (what an export was made from)."""
+    from ..checkpoint.layout import find_weight_files
+
+    return {f.name: sha256_file(f) for f in find_weight_files(folder)}
+
+
+def _export(module: torch.nn.Module, sample: dict[str, torch.Tensor], path: Path, output: str, opset: int) -> None:
+    import warnings
+
+    names = list(sample)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh wrapper Module is in training mode, and the exporter restores that mode onto the whole tree
+    # afterwards: without eval() here the encoder would come back with dropout switched on
+    module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes (checked below)
+        torch.onnx.export(module, tuple(sample[n] for n in names), str(path), input_names=names,
+                          output_names=[output], dynamic_axes=axes, opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _feeds(tokenizer: Any, texts: list[str], max_length: int, names: list[str]) -> list[dict[str, np.ndarray]]:
+    """Varied shapes: a batch of 1 (shortest), all texts together (longest padded), and odd-size batches."""
+    groups = [texts[:1], texts, texts[1:8], texts[-5:]]
+    out = []
+    for group in groups:
+        enc = tokenizer(group, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        out.append({n: enc[n].astype(np.int64) for n in names})
+    return out
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, reference: np.ndarray, feed: dict[str, np.ndarray], *,
+                  min_cosine: float, min_cosine_floor: float) -> dict[str, Any]:
+    """Dynamic int8 quantization (per-channel weights), trying candidates from fastest to most careful; keep the
+    first whose mean cosine vs fp32 is >= ``min_cosine`` and minimum >= ``min_cosine_floor``."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    nodes = [n.name for n in onnx.load(str(fp32_path), load_external_data=False).graph.node
+             if n.op_type in ("MatMul", "Gemm")]
+    tried = []
+    seen: set[tuple[str, ...]] = set()
+    for label, opts in _INT8_CANDIDATES:
+        exclude = tuple(n for n in nodes if any(p in n for p in opts["exclude"])
+                        and not any(k in n for k in opts.get("keep", ())))
+        if exclude in seen:
+            continue  # this architecture names its nodes otherwise: same as a candidate already tried
+        seen.add(exclude)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer logs every node through the root logger
+        try:
+            quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=list(exclude))
+        finally:
+            root.setLevel(level)
+        vecs = _session(out_path).run(None, feed)[0]
+        cos = _cosines(vecs, reference)
+        result = {"settings": label, "excluded_nodes": len(exclude), "mean_cosine": round(float(cos.mean()), 6),
+                  "min_cosine": round(float(cos.min()), 6), "texts": int(len(cos))}
+        tried.append(result)
+        if result["mean_cosine"] >= min_cosine and result["min_cosine"] >= min_cosine_floor:
+            return {"kept": True, **result, "tried": tried, "min_cosine_gate": min_cosine,
+                    "min_cosine_floor": min_cosine_floor}
+    out_path.unlink(missing_ok=True)
+    return {"kept": False, "tried": tried, "min_cosine_gate": min_cosine, "min_cosine_floor": min_cosine_floor}
+
+
+def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSET, quantize: str | None = None,
+                min_cosine: float = 0.99, min_cosine_floor: float = 0.95, calibration: str | Path | None = None,
+                overwrite: bool = False, trust_pickle: bool = False) -> ExportReport:
+    """Export ``model`` to ONNX into the complete model folder ``dst`` (written atomically).
+
+    ``dst`` gets the model's inference files (weights, config, tokenizer, sentence-transformers layout, card),
+    ``onnx/model.onnx``, ``onnx/embedder.onnx``, ``onnx/export.json`` (opset, inputs, spec, source weight hashes, file
+    hashes, measured parity) and, with ``quantize="int8"`` when it passes the gate, ``onnx/embedder_int8.onnx``.
+
+    Example:
+        >>> export_onnx("my-bge", "my-bge-onnx", quantize="int8")
+    """
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise EmbedkitError("ONNX export needs onnx and onnxruntime", hint="pip install 'embedkit[onnx]'") from None
+    from .._io import atomic_dir, atomic_write
+    from ..checkpoint.layout import (
+        INFERENCE_CLASSES,
+        check_destination,
+        check_model_folder,
+        classify_file,
+        list_files,
+    )
+    from ..checkpoint.loading import load_model, load_tokenizer
+    from ..checkpoint.manifest import write_manifest
+    from ..embedder import Embedder
+    from ..models import resolve_model_path
+    from ..spec import load_spec
+    from ..textio import read_texts
+
+    t0 = time.perf_counter()
+    if quantize not in (None, "int8"):
+        raise EmbedkitError(f"unknown quantization {quantize!r}", hint="use --quantize int8")
+    src = check_model_folder(resolve_model_path(model))
+    dst = check_destination(dst, overwrite=overwrite, src=src)
+    spec = load_spec(src)
+    tokenizer = load_tokenizer(src)
+    encoder = load_model(src, trust_pickle=trust_pickle).float().eval()
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+    texts = list(CALIBRATION_TEXTS)
+    if calibration is not None:
+        texts = [t for t in read_texts(calibration, what="calibration file") if t.strip()] or texts
+    max_length = max(spec.query_max_length, spec.passage_max_length)
+    sample = tokenizer(["a short one", "and a slightly longer second sentence"], padding=True,
+                       return_tensors="pt")
+    sample = {n: sample[n] for n in names}
+    reference = Embedder.from_model(encoder, tokenizer, spec)
+
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
+        for rel in list_files(src):
+            if classify_file(rel) in INFERENCE_CLASSES:
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / rel, tmp / rel)
+        for rel in ("2_Normalize",):
+            if (src / rel).is_dir():
+                (tmp / rel).mkdir(exist_ok=True)
+        _export(TransformerGraph(encoder), sample, tmp / TRANSFORMER_FILE, "last_hidden_state", opset)
+        _export(EmbedderGraph(encoder, spec), sample, tmp / EMBEDDER_FILE, "sentence_embedding", opset)
+
+        # parity with PyTorch on varied shapes (batch 1 .. all texts, short .. max length)
+        session = _session(tmp / EMBEDDER_FILE)
+        worst = 0.0
+        for feed in _feeds(tokenizer, texts, max_length, names):
+            with torch.no_grad():
+                hidden, mask = reference.backend.forward(feed)
+                ref = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim).numpy()
+            worst = max(worst, float(np.abs(session.run(None, feed)[0] - ref).max()))
+        if worst > 1e-4:
+            raise CheckpointError(f"the exported graph differs from PyTorch (max abs diff {worst:.2e})",
+                                  hint="please report this model type as an embedkit bug")
+
+        int8 = None
+        if quantize == "int8":
+            feed = _feeds(tokenizer, texts, max_length, names)[1]
+            int8 = quantize_int8(tmp / EMBEDDER_FILE, tmp / EMBEDDER_INT8_FILE, session.run(None, feed)[0], feed,
+                                 min_cosine=min_cosine, min_cosine_floor=min_cosine_floor)
+        files = [f for f in (TRANSFORMER_FILE, EMBEDDER_FILE, EMBEDDER_INT8_FILE) if (tmp / f).is_file()]
+        info = {
+            "format": "embedkit-onnx/1", "source": str(src), "opset": opset, "exporter": "torch.onnx (torchscript)",
+            "inputs": names, "outputs": {TRANSFORMER_FILE: "last_hidden_state", EMBEDDER_FILE: "sentence_embedding"},
+            "dim": reference.dim, "spec": spec.to_dict(), "source_weights": weights_fingerprint(src),
+            "files": {f: sha256_file(tmp / f) for f in files},
+            "parity": {"max_abs_diff_vs_torch": worst, "texts": len(texts)}, "int8": int8,
+        }
+        with atomic_write(tmp / EXPORT_INFO_FILE, "w") as fh:
+            fh.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        write_manifest(tmp)
+        all_files = list_files(tmp)
+    if int8 is not None and not int8["kept"]:
+        best = max(int8["tried"], key=lambda r: r["mean_cosine"])
+        logger.warning("int8 kept out: best mean cosine %.4f (min %.4f) is below the gate %.3f / %.3f; "
+                       "the fp32 graph is the export", best["mean_cosine"], best["min_cosine"], min_cosine,
+                       min_cosine_floor)
+    return ExportReport(path=dst, inputs=names, opset=opset, parity_max_abs_diff=worst, int8=int8, files=all_files,
+                        seconds=time.perf_counter() - t0)
+
+
+def read_export_info(folder: Path) -> dict[str, Any]:
+    """``onnx/export.json`` of a folder; :class:`CheckpointError` when there is no export."""
+    path = Path(folder) / EXPORT_INFO_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no ONNX export ({EXPORT_INFO_FILE} is missing)",
+                              hint=f"run `embedkit export onnx {folder} OUT` and load OUT")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc.msg})", hint="re-export the model") from None
