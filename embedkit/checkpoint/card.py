@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..recipe import PLACEHOLDER_PATH, recipe_from_spec
 from ..spec import EmbedderSpec, describe
 
 
@@ -35,12 +36,6 @@ def model_card(spec: EmbedderSpec, *, name: str, source: str | None = None, base
     flag_instr = f", query_instruction_for_retrieval={q_instr}" if q_instr else ""
     flag_fmt = (f", query_instruction_format={json.dumps(spec.query_instruction_format)}"
                 if spec.query_instruction and spec.query_instruction_format != "{}{}" else "")
-    pool_code = {
-        "cls": "out.last_hidden_state[:, 0]",
-        "mean": "(out.last_hidden_state * mask).sum(1) / mask.sum(1)",
-        "last_token": "out.last_hidden_state[torch.arange(len(mask)), mask[..., 0].sum(1).long() - 1]",
-    }[spec.pooling]
-    query_text = spec.format_query("what is an embedding?")
     lines += [
         "", "## Usage (all four give the same vectors)", "",
         "### embedkit", "", "```python", "from embedkit import Embedder", "",
@@ -60,19 +55,9 @@ def model_card(spec: EmbedderSpec, *, name: str, source: str | None = None, base
         f"                  passage_max_length={spec.passage_max_length}"
         + (f", truncate_dim={spec.truncate_dim}" if spec.truncate_dim else "") + ", use_fp16=False)",
         'q = model.encode_queries(["what is an embedding?"])', "```", "",
-        "### transformers", "", "```python", "import torch", "from transformers import AutoModel, AutoTokenizer", "",
-        'tok = AutoTokenizer.from_pretrained("path/to/this/folder")',
-        'model = AutoModel.from_pretrained("path/to/this/folder").eval()',
-        f"texts = [{json.dumps(query_text, ensure_ascii=False)}]  # query instruction already applied",
-        f"batch = tok(texts, padding=True, truncation=True, max_length={spec.query_max_length}, "
-        'return_tensors="pt")',
-        "with torch.no_grad():", "    out = model(**batch)",
-        '    mask = batch["attention_mask"].unsqueeze(-1).float()',
-        f"    emb = {pool_code}",
+        "### transformers", "",
+        "A standalone script (transformers + torch only; `embedkit recipe FOLDER` prints it with the real path):", "",
+        "```python", recipe_from_spec(spec, PLACEHOLDER_PATH, name=name).rstrip("\n"),
     ]
-    if spec.truncate_dim:
-        lines.append(f"    emb = emb[:, :{spec.truncate_dim}]")
-    if spec.normalize:
-        lines.append("    emb = torch.nn.functional.normalize(emb, dim=-1)")
     lines += ["```", ""]
     return "\n".join(lines)

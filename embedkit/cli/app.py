@@ -55,7 +55,7 @@ def _quiet_transformers() -> None:
 
 def _register() -> None:
     # each module registers its commands on `app`
-    from . import checkpoint, encode, eval, export, inspect, manifest, mine, onnx, spec, train  # noqa: F401
+    from . import checkpoint, encode, eval, export, inspect, manifest, mine, onnx, parity, spec, train  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,272 @@
+"""Parity: the same texts through every way of loading a model, compared; disagreements diagnosed.
+
+Engines (each only when available): embedkit's PyTorch backend (the reference), the ONNX export (fp32 and int8),
+sentence-transformers (when installed and the folder has its layout), FlagEmbedding's ``FlagModel`` (when
+installed; cls / mean pooling), and the standalone recipe (:mod:`embedkit.recipe`). Each encodes queries (with the
+query instruction) and passages. When an engine disagrees with the reference, embedkit re-encodes with one spec
+field changed at a time (pooling, normalization, instruction, max length, fp16) and says which change explains it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EmbedkitError
+from .spec import POOLING_MODES, EmbedderSpec
+
+logger = logging.getLogger("embedkit")
+
+DEFAULT_TEXTS = (
+    "what is a text embedding?", "", "   ", "\nleading and trailing newlines\n",
+    "The quick brown fox jumps over the lazy dog.", "中文 测试 文本", "emoji 😀🚀 in text",
+    " ".join(["a long text that goes past the max length of most models"] * 60),
+    "def add(a, b):\n    return a + b", "Rainbows appear when sunlight is refracted inside water droplets.",
+)
+Encoder = Callable[[list[str], str], np.ndarray]  # (texts, side: "query" | "passage") -> vectors
+
+
+@dataclass
+class EngineCheck:
+    """One engine compared with the reference (embedkit, PyTorch)."""
+
+    engine: str
+    max_abs_diff: float
+    min_cosine: float
+    passed: bool
+    tolerance: str
+    diagnosis: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class ParityReport:
+    """The pairwise matrix and the per-engine verdicts."""
+
+    model: str
+    engines: list[str]
+    texts: int
+    matrix: dict[str, dict[str, dict[str, float]]]
+    checks: list[EngineCheck]
+    skipped: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "ok": self.ok, "engines": self.engines, "texts": self.texts,
+                "matrix": self.matrix, "checks": [dataclasses.asdict(c) for c in self.checks],
+                "skipped": self.skipped}
+
+
+def _compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    if a.shape != b.shape:
+        return {"max_abs_diff": float("inf"), "min_cosine": float("-inf")}
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return {"max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min())}
+
+
+def _both_sides(encode: Encoder, texts: list[str]) -> np.ndarray:
+    return np.concatenate([encode(texts, "query"), encode(texts, "passage")])
+
+
+# ---------------------------------------------------------------------- engines
+def _embedkit_engine(embedder: Any) -> Encoder:
+    return lambda texts, side: (embedder.encode_queries if side == "query" else embedder.encode_corpus)(texts)
+
+
+def _st_engine(folder: Path, spec: EmbedderSpec) -> Encoder:
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
+    if spec.truncate_dim:
+        st.truncate_dim = spec.truncate_dim
+
+    def encode(texts: list[str], side: str) -> np.ndarray:
+        name = "query" if side == "query" else "document"
+        prompt_name = name if st.prompts.get(name) else None
+        return np.asarray(st.encode(texts, prompt_name=prompt_name, convert_to_numpy=True, show_progress_bar=False))
+
+    return encode
+
+
+def _flag_engine(folder: Path, spec: EmbedderSpec) -> Encoder:
+    from FlagEmbedding import FlagModel
+
+    kwargs: dict[str, Any] = {}
+    if spec.passage_instruction is not None:
+        kwargs |= {"passage_instruction_for_retrieval": spec.passage_instruction,
+                   "passage_instruction_format": spec.passage_instruction_format}
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = FlagModel(str(folder), pooling_method=spec.pooling, normalize_embeddings=spec.normalize,
+                          use_fp16=False, devices="cpu", query_instruction_for_retrieval=spec.query_instruction,
+                          query_instruction_format=spec.query_instruction_format,
+                          query_max_length=spec.query_max_length, passage_max_length=spec.passage_max_length,
+                          truncate_dim=spec.truncate_dim, **kwargs)
+
+    def encode(texts: list[str], side: str) -> np.ndarray:
+        fn = model.encode_queries if side == "query" else model.encode_corpus
+        return np.asarray(fn(texts), dtype=np.float32)
+
+    return encode
+
+
+def _recipe_engine(folder: Path) -> Encoder:
+    from .recipe import recipe
+
+    namespace: dict[str, Any] = {"__name__": "embedkit_recipe"}
+    exec(compile(recipe(folder), f"<recipe {folder}>", "exec"), namespace)  # noqa: S102 - our own generated code
+    return lambda texts, side: np.asarray(
+        (namespace["encode_queries"] if side == "query" else namespace["encode_passages"])(texts), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------- diagnosis
+def _variants(spec: EmbedderSpec, folder: Path) -> list[tuple[str, EmbedderSpec | None]]:
+    """One-field changes of the spec that commonly explain a mismatch (``None`` spec = fp16 weights)."""
+    out: list[tuple[str, EmbedderSpec | None]] = []
+    for mode in POOLING_MODES:
+        if mode != spec.pooling:
+            out.append((f"pooling={mode!r} (the spec says {spec.pooling!r})", dataclasses.replace(spec, pooling=mode)))
+    out.append((f"normalize={not spec.normalize} (the spec says {spec.normalize})",
+                dataclasses.replace(spec, normalize=not spec.normalize)))
+    if spec.query_instruction is not None:
+        out.append((f"no query instruction (the spec has {spec.query_instruction!r})",
+                    dataclasses.replace(spec, query_instruction=None)))
+    if spec.passage_instruction is not None:
+        out.append((f"no passage instruction (the spec has {spec.passage_instruction!r})",
+                    dataclasses.replace(spec, passage_instruction=None)))
+    lengths = {128, 256, 512, 8192} - {spec.query_max_length}
+    sbert = folder / "sentence_bert_config.json"
+    if sbert.is_file():
+        import json
+
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            lengths.add(int(json.loads(sbert.read_text())["max_seq_length"]))
+    for n in sorted(lengths):
+        out.append((f"max_length={n} (the spec says {spec.query_max_length}/{spec.passage_max_length})",
+                    dataclasses.replace(spec, query_max_length=n, passage_max_length=n)))
+    if spec.truncate_dim is not None:
+        out.append((f"no truncation (the spec says truncate_dim={spec.truncate_dim})",
+                    dataclasses.replace(spec, truncate_dim=None)))
+    out.append(("fp16 weights (the reference is fp32)", None))
+    return out
+
+
+def diagnose(reference: Any, target: np.ndarray, texts: list[str], folder: Path, tolerance: float) -> list[str]:
+    """Which one-field change of the reference's spec reproduces ``target`` (queries then passages)."""
+    import torch
+
+    from .embedder import Embedder
+
+    model, tokenizer, spec = reference.backend.model, reference.tokenizer, reference.spec
+    found = []
+    for label, variant in _variants(spec, folder):
+        if variant is None:
+            half = copy.deepcopy(model).to(torch.float16)
+            candidate = Embedder.from_model(half, tokenizer, spec)
+            tol = max(tolerance, 2e-3)  # fp16 rounding: close, not exact
+        else:
+            limit = reference.model_max_length
+            if limit and max(variant.query_max_length, variant.passage_max_length) > limit:
+                continue
+            candidate = Embedder.from_model(model, tokenizer, variant)
+            tol = tolerance
+        try:
+            vecs = _both_sides(_embedkit_engine(candidate), texts)
+        except Exception:  # noqa: BLE001 - a variant that cannot run explains nothing
+            continue
+        if vecs.shape == target.shape and np.abs(vecs - target).max() <= tol:
+            found.append(label)
+    return found
+
+
+# ---------------------------------------------------------------------- the run
+def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance: float = 1e-5,
+                 int8_min_cosine: float = 0.95, diagnose_mismatches: bool = True,
+                 engines: tuple[str, ...] | None = None) -> ParityReport:
+    """Run ``texts`` through every available way of loading ``model`` and compare with embedkit (PyTorch).
+
+    fp32 engines pass when their max abs diff is ≤ ``tolerance``; the int8 graph when its minimum cosine is
+    ≥ ``int8_min_cosine``. ``engines`` restricts the run (names as in the report).
+
+    Example:
+        >>> report = check_parity("my-bge")
+        >>> report.ok, [c.diagnosis for c in report.checks if not c.passed]
+    """
+    import importlib.util
+
+    from .checkpoint.layout import check_model_folder
+    from .embedder import Embedder
+    from .export.onnx import EMBEDDER_FILE, EMBEDDER_INT8_FILE
+    from .models import resolve_model_path
+
+    folder = check_model_folder(resolve_model_path(model))
+    texts = list(texts or DEFAULT_TEXTS)
+    reference = Embedder(folder, device="cpu", show_progress=False)
+    spec = reference.spec
+    candidates: dict[str, Callable[[], Encoder]] = {"embedkit-torch": lambda: _embedkit_engine(reference)}
+    skipped: dict[str, str] = {}
+    if (folder / EMBEDDER_FILE).is_file():
+        candidates["embedkit-onnx"] = lambda: _embedkit_engine(Embedder(folder, backend="onnx", show_progress=False))
+    else:
+        skipped["embedkit-onnx"] = "no ONNX export in the folder (embedkit export onnx)"
+    if (folder / EMBEDDER_INT8_FILE).is_file():
+        candidates["embedkit-onnx-int8"] = lambda: _embedkit_engine(
+            Embedder(folder, backend="onnx", precision="int8", show_progress=False))
+    if importlib.util.find_spec("sentence_transformers") is None:
+        skipped["sentence-transformers"] = "not installed"
+    elif not (folder / "modules.json").is_file():
+        skipped["sentence-transformers"] = "the folder has no sentence-transformers layout (embedkit save)"
+    else:
+        candidates["sentence-transformers"] = lambda: _st_engine(folder, spec)
+    if importlib.util.find_spec("FlagEmbedding") is None:
+        skipped["flagembedding"] = "not installed"
+    elif spec.pooling not in ("cls", "mean"):
+        skipped["flagembedding"] = f"FlagModel has no {spec.pooling} pooling"
+    else:
+        candidates["flagembedding"] = lambda: _flag_engine(folder, spec)
+    candidates["recipe"] = lambda: _recipe_engine(folder)
+    if engines:
+        unknown = set(engines) - set(candidates) - set(skipped)
+        if unknown:
+            raise EmbedkitError(f"unknown engine(s) {', '.join(sorted(unknown))}",
+                                hint=f"available here: {', '.join(candidates)}")
+        candidates = {k: v for k, v in candidates.items() if k in engines or k == "embedkit-torch"}
+
+    vectors: dict[str, np.ndarray] = {}
+    checks: list[EngineCheck] = []
+    for name, build in candidates.items():
+        try:
+            vectors[name] = _both_sides(build(), texts)
+        except Exception as exc:  # noqa: BLE001 - one engine failing must not hide the others
+            checks.append(EngineCheck(name, float("nan"), float("nan"), False, "-", error=f"{type(exc).__name__}: "
+                                      f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"))
+    matrix = {a: {b: _compare(va, vb) for b, vb in vectors.items()} for a, va in vectors.items()}
+    for name, vecs in vectors.items():
+        if name == "embedkit-torch":
+            continue
+        m = matrix["embedkit-torch"][name]
+        if name.endswith("int8"):
+            passed, tol = m["min_cosine"] >= int8_min_cosine, f"min cosine >= {int8_min_cosine}"
+        else:
+            passed, tol = m["max_abs_diff"] <= tolerance, f"max abs diff <= {tolerance:g}"
+        check = EngineCheck(name, m["max_abs_diff"], m["min_cosine"], passed, tol)
+        if not passed and diagnose_mismatches and not name.endswith("int8"):
+            explained = diagnose(reference, vecs, texts, folder, tolerance)
+            check.diagnosis = [f"{name} matches embedkit with {e}" for e in explained] or [
+                "no single spec change explains it (different weights, tokenizer or a custom module?)"]
+        checks.append(check)
+    order = list(vectors)
+    return ParityReport(model=str(folder), engines=order, texts=len(texts), matrix=matrix,
+                        checks=sorted(checks, key=lambda c: order.index(c.engine) if c.engine in order else 99),
+                        skipped=skipped)
