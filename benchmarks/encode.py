@@ -18,15 +18,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import make_texts, median, run_and_collect  # noqa: E402
 
-ENGINES = ("embedkit", "sentence-transformers", "flagembedding")
+ENGINES = ("embedkit", "sentence-transformers", "flagembedding", "embedkit-onnx", "embedkit-onnx-int8")
 PEER = "sentence-transformers"
 
 
-def _load(engine: str, path: str, max_length: int):
-    if engine == "embedkit":
+def _load(engine: str, path: str, max_length: int, onnx_dir: str | None = None):
+    if engine.startswith("embedkit"):
         from embedkit import Embedder
 
-        m = Embedder(path, device="cpu", max_length=max_length, show_progress=False)
+        if engine == "embedkit":
+            m = Embedder(path, device="cpu", max_length=max_length, show_progress=False)
+        else:
+            m = Embedder(onnx_dir, backend="onnx", precision="int8" if engine.endswith("int8") else "fp32",
+                         max_length=max_length, show_progress=False)
         return lambda texts, bs: m.encode(texts, batch_size=bs)
     if engine == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
@@ -48,7 +52,7 @@ def worker(engine: str, args: argparse.Namespace) -> None:
 
     texts = make_texts(args.n)
     t0 = time.perf_counter()
-    enc = _load(engine, str(minilm_path()), args.max_length)
+    enc = _load(engine, str(minilm_path()), args.max_length, args.onnx_dir)
     load_s = time.perf_counter() - t0
     enc(texts[:64], args.batch_size)  # warm-up
     t0 = time.perf_counter()
@@ -67,12 +71,24 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--vectors-out", help=argparse.SUPPRESS)
+    ap.add_argument("--onnx-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args)
 
     engines = args.engines.split(",")
     passthrough = ["--n", str(args.n), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+    tmp = None
+    if any(e.startswith("embedkit-onnx") for e in engines):
+        import tempfile
+
+        from embedkit.export.onnx import export_onnx
+
+        tmp = tempfile.TemporaryDirectory(prefix="embedkit-bench-onnx-")
+        report = export_onnx("minilm", Path(tmp.name) / "minilm-onnx", quantize="int8")
+        passthrough += ["--onnx-dir", str(report.path)]
+        if not report.int8["kept"]:
+            engines = [e for e in engines if e != "embedkit-onnx-int8"]
     results: dict[str, list[dict]] = {e: [] for e in engines}
     vectors: dict[str, np.ndarray] = {}
     for r in range(args.runs):
@@ -99,6 +115,8 @@ def main() -> None:
             row["min_cosine_vs_st_fp32"] = round(float(cos.min()), 7)
         out["engines"][e] = row
     print(json.dumps(out, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":
