@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from . import pooling
-from .backends.torch_backend import TorchBackend
-from .batching import batches, length_sorted_order, pad_features
+from .backends.torch_backend import TorchBackend, resolve_dtype
+from .batching import batches, length_sorted_order, pad_features, token_budget_batches
 from .checkpoint.layout import check_model_folder
-from .errors import SpecError
+from .errors import CheckpointError, SpecError
 from .models import resolve_model_path
+from .precision import DEFAULT_GATE, GATE_TEXTS, cached_verdict, store_verdict
 from .spec import EmbedderSpec, load_spec, model_token_limit
 
 logger = logging.getLogger("embedkit")
@@ -57,9 +58,16 @@ class Embedder:
         truncate_dim: output dimension (Matryoshka truncation, applied before normalization).
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         dtype: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``.
+        precision: ``"fp32"`` (default: exact, equal to the peers), ``"auto"`` (bf16 on CPUs with bf16 matrix
+            units, fp16 on CUDA, else fp32), ``"bf16"``, ``"fp16"`` or ``"int8"`` (the ONNX export's quality-gated
+            int8 graph). Non-fp32 precisions pass a quality gate against fp32 on first use (cached on disk) and
+            fall back to fp32 with a warning when they fail it; ``m.precision`` / ``m.precision_reason`` tell.
+        precision_gate: ``(min mean cosine, min cosine)`` vs fp32 for that gate (default 0.999 / 0.995).
         backend: ``"torch"`` (default) or ``"onnx"`` (the folder's ``onnx/embedder.onnx`` from
-            ``embedkit export onnx``, through onnxruntime; ``precision="int8"`` for the quantized graph).
-        batch_size: texts per forward pass.
+            ``embedkit export onnx``, through onnxruntime).
+        batch_size: texts per forward pass (the cap when ``max_batch_tokens`` is set).
+        max_batch_tokens: fill batches by padded token count (after length sorting) instead of by count: short
+            texts ride in big batches, long ones in small (text-embeddings-inference's token budget).
         show_progress: progress bar; default on when stderr is a terminal and there is more than one batch.
 
     Example:
@@ -87,7 +95,9 @@ class Embedder:
         batch_size: int = 256,
         show_progress: bool | None = None,
         backend: str = "torch",
-        precision: str = "fp32",
+        precision: str | None = None,
+        precision_gate: tuple[float, float] | None = DEFAULT_GATE,
+        max_batch_tokens: int | None = None,
         trust_pickle: bool = False,
     ) -> None:
         from .checkpoint.loading import load_tokenizer
@@ -107,18 +117,74 @@ class Embedder:
         self.tokenizer = load_tokenizer(self.path)
         self.batch_size = batch_size
         self.show_progress = show_progress
-        if backend == "onnx":
+        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or max_batch_tokens <= 0):
+            raise SpecError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
+        self.max_batch_tokens = max_batch_tokens
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.quality: dict[str, Any] | None = None
+        self._init_backend(backend, precision, dtype, device, precision_gate, trust_pickle)
+
+    def _init_backend(self, backend: str, precision: str | None, dtype: Any, device: Any,
+                      gate: tuple[float, float] | None, trust_pickle: bool) -> None:
+        """Pick the backend and precision; run (or reuse) the quality gate for anything but fp32."""
+        from .backends.torch_backend import resolve_device
+        from .precision import gate_key, judge, select_precision
+
+        if dtype is not None:  # the older, torch-only spelling
+            named = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype(dtype)]
+            if precision not in (None, named):
+                raise SpecError(f"dtype={dtype!r} and precision={precision!r} disagree", hint="pass only precision=")
+            precision = named
+        if backend not in ("torch", "onnx"):
+            raise SpecError(f"unknown backend {backend!r}", hint="use 'torch' or 'onnx'")
+        dev = resolve_device(device) if backend == "torch" else torch.device("cpu")
+        choice = select_precision(precision, dev.type)
+        self.precision, self.precision_reason = choice.precision, choice.reason
+        if backend == "onnx" or choice.precision == "int8":
             from .backends.onnx_backend import OnnxBackend
 
-            self.backend = OnnxBackend(self.path, precision=precision)
+            onnx_precision = "int8" if choice.precision == "int8" else "fp32"
+            if backend == "onnx" and choice.precision not in ("fp32", "int8"):
+                raise SpecError(f"precision={choice.precision!r} is not available for backend='onnx'",
+                                hint="use 'fp32' or 'int8'")
+            try:
+                self.backend = OnnxBackend(self.path, precision=onnx_precision)
+            except CheckpointError as exc:
+                if backend == "onnx":
+                    raise
+                logger.warning("precision='int8' needs the ONNX int8 graph (%s); using fp32", exc.message)
+                self.precision, self.precision_reason = "fp32", f"int8 unavailable: {exc.message}"
+                self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
+                return
             self.backend.check_spec(self.spec)
-        elif backend == "torch":
-            if precision != "fp32":
-                raise SpecError(f"precision={precision!r} is for backend='onnx'", hint="use dtype= for torch")
-            self.backend = TorchBackend(self.path, device=device, dtype=dtype, trust_pickle=trust_pickle)
+            if onnx_precision == "int8":
+                self.quality = (self.backend.info.get("int8") or {}) | {"source": "export gate"}
+            return
+        if choice.precision == "fp32" or gate is None:
+            self.backend = TorchBackend(self.path, device=dev, dtype=choice.precision, trust_pickle=trust_pickle)
+            return
+        key = gate_key(self.path, self.spec.to_dict(), choice.precision, str(dev))
+        verdict = cached_verdict(key)
+        if verdict is None:  # first use on this machine: measure against fp32 once
+            self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
+            reference = self.encode(list(GATE_TEXTS), show_progress=False)
+            self.backend.model.to(resolve_dtype(choice.precision))
+            self.backend.dtype = resolve_dtype(choice.precision)
+            verdict = judge(reference, self.encode(list(GATE_TEXTS), show_progress=False), gate)
+            store_verdict(key, verdict)
+            if not verdict["passed"]:
+                self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
+        elif verdict["passed"]:
+            self.backend = TorchBackend(self.path, device=dev, dtype=choice.precision, trust_pickle=trust_pickle)
         else:
-            raise SpecError(f"unknown backend {backend!r}", hint="use 'torch' or 'onnx'")
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
+        self.quality = verdict
+        if not verdict["passed"]:
+            logger.warning("%s failed the quality gate for %s (mean cosine %.5f, min %.5f vs fp32; needs %s / %s): "
+                           "using fp32", choice.precision, self.path.name, verdict["mean_cosine"],
+                           verdict["min_cosine"], *gate)
+            self.precision = "fp32"
+            self.precision_reason = f"{choice.precision} failed the quality gate: {self.precision_reason}"
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, spec: EmbedderSpec, *, batch_size: int = 256,
@@ -130,6 +196,8 @@ class Embedder:
         self = cls.__new__(cls)
         self.path = None
         self.spec = spec
+        self.precision, self.precision_reason, self.quality = "fp32", "from_model", None
+        self.max_batch_tokens = None
         self.tokenizer = tokenizer
         self.backend = TorchBackend.from_model(model)
         limit = getattr(tokenizer, "model_max_length", None)
@@ -138,6 +206,12 @@ class Embedder:
         self.show_progress = show_progress
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         return self
+
+    @property
+    def _pad_multiple(self) -> int:
+        """Round padded widths up to 16 for bf16 / fp16 (AMX tiles; fewer kernel shapes); exact fp32 pads to the
+        longest text, as the peers do."""
+        return 16 if self.precision in ("bf16", "fp16") else 1
 
     @property
     def dim(self) -> int:
@@ -240,8 +314,11 @@ class Embedder:
         spec = self.spec
         with self._progress(len(texts), batch_size, show_progress) as bar:
             pooled = getattr(self.backend, "pooled", False)
-            for rows in batches(order, batch_size):
-                padded = pad_features(features, rows, self.pad_token_id, padding_side)
+            lengths = [len(ids) for ids in features["input_ids"]]
+            chunks = (token_budget_batches(order, lengths, self.max_batch_tokens, batch_size)
+                      if getattr(self, "max_batch_tokens", None) else batches(order, batch_size))
+            for rows in chunks:
+                padded = pad_features(features, rows, self.pad_token_id, padding_side, self._pad_multiple)
                 if pooled:  # the graph ends in embedkit.pooling.embed, traced with this spec
                     out[rows] = self.backend.forward(padded)
                     bar.update(len(rows))

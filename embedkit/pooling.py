@@ -63,5 +63,6 @@ def embed(
     normalize: bool = True,
     truncate_dim: int | None = None,
 ) -> torch.Tensor:
-    """hidden states -> final sentence vectors: :func:`pool` then :func:`finalize`."""
-    return finalize(pool(hidden, attention_mask, method), normalize=normalize, truncate_dim=truncate_dim)
+    """hidden states -> final sentence vectors: :func:`pool` then :func:`finalize`, always in float32 (a bf16 / fp16
+    model's pooled vector is upcast before truncation and normalization)."""
+    return finalize(pool(hidden, attention_mask, method).float(), normalize=normalize, truncate_dim=truncate_dim)

@@ -13,15 +13,21 @@ from .app import app
 def spec_command(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: {field: {value, rule}}."),
+    precision: str = typer.Option("auto", help="Also show which precision this would run in here, and why."),
 ) -> None:
     """Print MODEL's resolved spec (pooling, normalization, instructions, lengths...) and who decided each field.
 
     Example: embedkit spec minilm --json
     """
+    from ..precision import select_precision
     from ..spec import describe, load_spec
 
     spec = load_spec(model, warn=not as_json)
     rows = describe(spec)
+    import torch
+
+    choice = select_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
+    rows.append(("precision", choice.precision, choice.reason + " (non-fp32 runs a cached quality gate vs fp32)"))
     if as_json:
         typer.echo(json.dumps({name: {"value": value, "rule": rule} for name, value, rule in rows},
                               indent=2, ensure_ascii=False))

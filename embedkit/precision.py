@@ -1,0 +1,145 @@
+"""Precision: which dtype to run a model in, why, and whether it is good enough (a cached quality gate).
+
+``auto`` picks bf16 on CPUs with bf16 matrix units (``amx_bf16`` or ``avx512_bf16`` in the CPU flags), fp16 on CUDA,
+fp32 otherwise. Any precision other than fp32 must pass a quality gate the first time it is used for a
+(model, spec, precision, machine): vectors on a varied built-in sample are compared with fp32, and below the
+thresholds (mean cosine 0.999, min 0.995 by default) embedkit falls back to fp32 with a warning. The verdict is
+cached on disk (``$EMBEDKIT_CACHE/precision-gate.json``) so the check costs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+
+logger = logging.getLogger("embedkit")
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+DEFAULT_GATE = (0.999, 0.995)  # (mean cosine, min cosine) vs fp32
+
+GATE_TEXTS = (
+    "", "hi", "What is a text embedding?", "how do I fine-tune bge on my own data",
+    "The quick brown fox jumps over the lazy dog.",
+    "Embeddings map sentences to vectors so that texts with similar meanings end up close together, which is what "
+    "semantic search, clustering and retrieval-augmented generation rely on.",
+    "def cosine(a, b):\n    return (a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))",
+    "Der schnelle braune Fuchs springt über den faulen Hund.", "中文句子的向量表示", "emoji 😀🚀 and symbols ±∞ → ✓",
+    "SELECT id, title FROM papers WHERE year > 2020 ORDER BY citations DESC LIMIT 10;",
+    " ".join(["a long passage that goes on and on past the usual length limits of a query"] * 30),
+    "Rainbows appear when sunlight is refracted, reflected and dispersed inside water droplets.",
+    "Patient presents with acute onset chest pain radiating to the left arm.", "¿Dónde está la biblioteca?",
+    "Q3 revenue grew 12% year over year to $4.1B.",
+)
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags (from ``/proc/cpuinfo`` text; empty when unknown)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What was picked and why (``Embedder.precision`` / ``Embedder.precision_reason``)."""
+
+    precision: str
+    reason: str
+
+
+def select_precision(requested: str | None, device_type: str = "cpu", flags: set[str] | None = None
+                     ) -> PrecisionChoice:
+    """Resolve ``requested`` (``auto`` / an explicit precision / ``None`` = fp32) for a device.
+
+    Example:
+        >>> select_precision("auto", "cpu", {"amx_bf16"}).precision
+        'bf16'
+    """
+    if requested is None:
+        return PrecisionChoice("fp32", "default (exact: matches sentence-transformers / FlagEmbedding)")
+    if requested not in PRECISIONS:
+        raise SpecError(f"unknown precision {requested!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return PrecisionChoice(requested, "asked for")
+    if device_type == "cuda":
+        return PrecisionChoice("fp16", "auto: CUDA device")
+    flags = cpu_flags() if flags is None else flags
+    bf16 = sorted(flags & {"amx_bf16", "avx512_bf16"})
+    if bf16:
+        return PrecisionChoice("bf16", f"auto: the CPU has bf16 matrix units ({', '.join(bf16)})")
+    return PrecisionChoice("fp32", "auto: no bf16 units on this CPU (bf16 would be slower than fp32)")
+
+
+# ---------------------------------------------------------------------- the gate
+def cache_path() -> Path:
+    base = os.environ.get("EMBEDKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "embedkit")
+    return Path(base) / "precision-gate.json"
+
+
+def gate_key(model_dir: Path | None, spec: dict[str, Any], precision: str, device: str) -> str | None:
+    """(model, spec, precision, machine) -> a cache key; ``None`` for an in-memory model (never cached)."""
+    if model_dir is None:
+        return None
+    import torch
+
+    from .eval.retrieval import model_fingerprint
+
+    machine = {"cpu": platform.processor() or platform.machine(), "flags": sorted(cpu_flags() & {
+        "amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "f16c"}), "torch": torch.__version__,
+        "device": device}
+    payload = json.dumps({"model": model_fingerprint(model_dir), "spec": spec, "precision": precision,
+                          "machine": machine}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def cached_verdict(key: str | None) -> dict[str, Any] | None:
+    if key is None:
+        return None
+    try:
+        return json.loads(cache_path().read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def store_verdict(key: str | None, verdict: dict[str, Any]) -> None:
+    if key is None:
+        return
+    from ._io import atomic_write
+
+    path = cache_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = verdict
+    try:
+        with atomic_write(path, "w") as fh:
+            fh.write(json.dumps(data, indent=1, sort_keys=True))
+    except OSError as exc:  # a read-only home must not break encoding
+        logger.debug("cannot cache the precision verdict in %s: %s", path, exc)
+
+
+def judge(reference, candidate, gate: tuple[float, float] = DEFAULT_GATE) -> dict[str, Any]:  # noqa: ANN001
+    """Compare candidate vectors with fp32 reference vectors: ``{"passed", "mean_cosine", "min_cosine"}``."""
+    import numpy as np
+
+    cos = (reference * candidate).sum(1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)
+    mean, low = float(cos.mean()), float(cos.min())
+    return {"passed": mean >= gate[0] and low >= gate[1], "mean_cosine": round(mean, 6), "min_cosine": round(low, 6),
+            "gate": list(gate), "texts": int(len(cos))}
