@@ -1,122 +1,185 @@
-"""Encode throughput, side by side: embedkit vs sentence-transformers vs FlagEmbedding on the real MiniLM.
+"""Encode throughput, side by side: embedkit (fp32, auto, bf16, ONNX int8) vs sentence-transformers and FlagEmbedding.
 
-Each engine runs in its own process, engines alternate, several runs, medians. Prints one JSON object.
+Models: the real all-MiniLM-L6-v2 and a random bge-base-sized BERT (768 hidden, 12 layers, MiniLM's tokenizer).
+Each engine runs in its own process, engines alternate, several runs, medians. Also measures this machine's fp32 and
+bf16 matrix-multiply GFLOP/s and the implied ceiling (sentence-transformers fp32 x bf16/fp32 GEMM speed). Prints one
+JSON object: texts/s, ratio to sentence-transformers fp32, cosine mean/min vs fp32, peak RSS.
 
-    python benchmarks/encode.py [--n 2000] [--runs 3] [--batch-size 64]
+    python benchmarks/encode.py [--models minilm,bge-base] [--n 2000] [--n-base 500] [--runs 3] [--batch-size 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_texts, median, run_and_collect  # noqa: E402
+from _common import make_texts, median, run_and_collect, run_worker  # noqa: E402
 
-ENGINES = ("embedkit", "sentence-transformers", "flagembedding", "embedkit-onnx", "embedkit-onnx-int8")
+ENGINES = ("sentence-transformers", "flagembedding", "embedkit-fp32", "embedkit-auto", "embedkit-bf16",
+           "embedkit-int8")
 PEER = "sentence-transformers"
 
 
-def _load(engine: str, path: str, max_length: int, onnx_dir: str | None = None):
+def _load(engine: str, path: str, max_length: int, onnx_dir: str | None, pooling: str):
     if engine.startswith("embedkit"):
         from embedkit import Embedder
 
-        if engine == "embedkit":
-            m = Embedder(path, device="cpu", max_length=max_length, show_progress=False)
-        else:
-            m = Embedder(onnx_dir, backend="onnx", precision="int8" if engine.endswith("int8") else "fp32",
-                         max_length=max_length, show_progress=False)
-        return lambda texts, bs: m.encode(texts, batch_size=bs)
+        precision = engine.split("-", 1)[1]
+        folder = onnx_dir if precision == "int8" else path
+        m = Embedder(folder, device="cpu", max_length=max_length, precision=precision, show_progress=False)
+        return lambda texts, bs: m.encode(texts, batch_size=bs), m
     if engine == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
         m = SentenceTransformer(path, device="cpu", local_files_only=True)
         m.max_seq_length = max_length
-        return lambda texts, bs: m.encode(texts, batch_size=bs, show_progress_bar=False)
+        return lambda texts, bs: m.encode(texts, batch_size=bs, show_progress_bar=False), None
     if engine == "flagembedding":
         from FlagEmbedding import FlagModel
 
-        m = FlagModel(path, pooling_method="mean", normalize_embeddings=True, use_fp16=False, devices="cpu",
+        m = FlagModel(path, pooling_method=pooling, normalize_embeddings=True, use_fp16=False, devices="cpu",
                       query_max_length=max_length, passage_max_length=max_length)
-        return lambda texts, bs: m.encode(texts, batch_size=bs)
+        return lambda texts, bs: m.encode(texts, batch_size=bs), None
     raise SystemExit(f"unknown engine {engine}")
 
 
 def worker(engine: str, args: argparse.Namespace) -> None:
-    from embedkit.models import minilm_path
-
+    if engine == "gemm":
+        return gemm_worker()
     texts = make_texts(args.n)
     t0 = time.perf_counter()
-    enc = _load(engine, str(minilm_path()), args.max_length, args.onnx_dir)
+    enc, embedder = _load(engine, args.model, args.max_length, args.onnx_dir, args.pooling)
     load_s = time.perf_counter() - t0
-    enc(texts[:64], args.batch_size)  # warm-up
+    enc(texts[:128], args.batch_size)  # warm-up
     t0 = time.perf_counter()
     vecs = np.asarray(enc(texts, args.batch_size), dtype=np.float32)
     elapsed = time.perf_counter() - t0
     np.save(args.vectors_out, vecs)
-    print(json.dumps({"engine": engine, "texts_per_s": len(texts) / elapsed, "seconds": elapsed, "load_s": load_s}))
+    print(json.dumps({"engine": engine, "texts_per_s": len(texts) / elapsed, "seconds": elapsed, "load_s": load_s,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "precision": getattr(embedder, "precision", None)}))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=2000, help="texts to encode (5-60 words each)")
-    ap.add_argument("--runs", type=int, default=3, help="runs per engine (alternating)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--engines", default=",".join(ENGINES))
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--vectors-out", help=argparse.SUPPRESS)
-    ap.add_argument("--onnx-dir", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        return worker(args.worker, args)
+def gemm_worker(n: int = 2048, reps: int = 10) -> None:
+    import torch
 
-    engines = args.engines.split(",")
-    passthrough = ["--n", str(args.n), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
-    tmp = None
-    if any(e.startswith("embedkit-onnx") for e in engines):
-        import tempfile
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        out[f"{name}_gflops"] = round(2 * n**3 * reps / (time.perf_counter() - t0) / 1e9, 1)
+    print(json.dumps(out))
 
-        from embedkit.export.onnx import export_onnx
 
-        tmp = tempfile.TemporaryDirectory(prefix="embedkit-bench-onnx-")
-        report = export_onnx("minilm", Path(tmp.name) / "minilm-onnx", quantize="int8")
+def build_base_model(folder: Path) -> Path:
+    """A random bge-base-sized BERT (768 hidden, 12 layers, 12 heads) with MiniLM's tokenizer, saved with embedkit."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from embedkit.checkpoint.save import save
+    from embedkit.models import minilm_path
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                 intermediate_size=3072, max_position_embeddings=512)).eval()
+    tok = AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
+    from embedkit.spec import EmbedderSpec
+
+    save(model, folder, spec=EmbedderSpec(pooling="cls", normalize=True), tokenizer=tok)
+    return folder
+
+
+def bench_model(label: str, path: Path, n: int, args: argparse.Namespace, engines: list[str], pooling: str) -> dict:
+    from embedkit.export.onnx import export_onnx
+
+    passthrough = ["--n", str(n), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+                   "--model", str(path), "--pooling", pooling]
+    if "embedkit-int8" in engines:
+        report = export_onnx(path, Path(args.tmp) / f"{label}-onnx", quantize="int8")
         passthrough += ["--onnx-dir", str(report.path)]
         if not report.int8["kept"]:
-            engines = [e for e in engines if e != "embedkit-onnx-int8"]
+            engines = [e for e in engines if e != "embedkit-int8"]
     results: dict[str, list[dict]] = {e: [] for e in engines}
     vectors: dict[str, np.ndarray] = {}
     for r in range(args.runs):
         for engine in (engines if r % 2 == 0 else engines[::-1]):
             result, vectors[engine] = run_and_collect(Path(__file__), engine, passthrough)
             results[engine].append(result)
-            print(f"run {r + 1}/{args.runs} {engine}: {results[engine][-1]['texts_per_s']:.1f} texts/s",
+            print(f"{label} run {r + 1}/{args.runs} {engine}: {result['texts_per_s']:.1f} texts/s",
                   file=sys.stderr)
-
-    out = {"benchmark": "encode", "model": "all-MiniLM-L6-v2 (fp32, cpu)", "n_texts": args.n,
-           "batch_size": args.batch_size, "max_length": args.max_length, "runs": args.runs, "engines": {}}
     tps = {e: median([x["texts_per_s"] for x in results[e]]) for e in engines}
     ref = vectors.get(PEER)
+    out = {"n_texts": n, "engines": {}}
     for e in engines:
-        row = {"texts_per_s": round(tps[e], 1), "runs_texts_per_s": [round(x["texts_per_s"], 1) for x in results[e]],
+        row = {"texts_per_s": round(tps[e], 1), "runs": [round(x["texts_per_s"], 1) for x in results[e]],
+               "peak_rss_mb": round(median([x["peak_rss_mb"] for x in results[e]])),
                "load_s": round(median([x["load_s"] for x in results[e]]), 2)}
-        for peer in engines:
-            if peer != e:
-                row[f"ratio_to_{peer}"] = round(tps[e] / tps[peer], 3)
+        if results[e][-1].get("precision"):
+            row["precision"] = results[e][-1]["precision"]
+        if PEER in tps:
+            row["ratio_to_st_fp32"] = round(tps[e] / tps[PEER], 3)
         if ref is not None:
-            cos = np.sum(vectors[e] * ref, axis=1) / (
-                np.linalg.norm(vectors[e], axis=1) * np.linalg.norm(ref, axis=1))
-            row["max_abs_diff_vs_st_fp32"] = float(np.abs(vectors[e] - ref).max())
-            row["min_cosine_vs_st_fp32"] = round(float(cos.min()), 7)
+            cos = (vectors[e] * ref).sum(1) / (np.linalg.norm(vectors[e], axis=1) * np.linalg.norm(ref, axis=1))
+            row["cosine_vs_fp32"] = {"mean": round(float(cos.mean()), 6), "min": round(float(cos.min()), 6)}
+            row["max_abs_diff_vs_fp32"] = float(np.abs(vectors[e] - ref).max())
         out["engines"][e] = row
+    if "flagembedding" in tps and "embedkit-fp32" in tps:
+        out["embedkit_fp32_vs_flagembedding"] = round(tps["embedkit-fp32"] / tps["flagembedding"], 3)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="minilm,bge-base")
+    ap.add_argument("--n", type=int, default=2000, help="texts for MiniLM (5-60 words each)")
+    ap.add_argument("--n-base", type=int, default=500, help="texts for the bge-base-sized model")
+    ap.add_argument("--runs", type=int, default=3, help="runs per engine (alternating)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    for hidden in ("--worker", "--vectors-out", "--onnx-dir", "--model", "--tmp"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    ap.add_argument("--pooling", default="mean", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args)
+
+    from embedkit.models import minilm_path
+
+    engines = args.engines.split(",")
+    gemm = run_worker(Path(__file__), "gemm", [])
+    out: dict = {"benchmark": "encode", "batch_size": args.batch_size, "max_length": args.max_length,
+                 "runs": args.runs, "machine": gemm, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="embedkit-bench-") as tmp:
+        args.tmp = tmp
+        for label in args.models.split(","):
+            if label == "minilm":
+                result = bench_model("minilm", minilm_path(), args.n, args, engines, "mean")
+            elif label == "bge-base":
+                result = bench_model("bge-base", build_base_model(Path(tmp) / "bge-base-random"), args.n_base, args,
+                                     engines, "cls")
+            else:
+                raise SystemExit(f"unknown model {label}: use minilm, bge-base")
+            st = result["engines"].get(PEER, {}).get("texts_per_s")
+            if st:
+                ceiling = st * gemm["bf16_gflops"] / gemm["fp32_gflops"]
+                result["ceiling_texts_per_s"] = round(ceiling, 1)
+                for row in result["engines"].values():
+                    row["ratio_to_ceiling"] = round(row["texts_per_s"] / ceiling, 3)
+            out["models"][label] = result
     print(json.dumps(out, indent=2))
-    if tmp is not None:
-        tmp.cleanup()
 
 
 if __name__ == "__main__":
