@@ -18,14 +18,19 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .embedder import Embedder
+    from .m3 import M3Embedder
 
 
 def __getattr__(name: str) -> Any:
-    # Embedder pulls in torch + transformers; import it on first use so `embedkit --help` stays fast.
+    # Embedder / M3Embedder pull in torch + transformers; import on first use so `embedkit --help` stays fast.
     if name == "Embedder":
         from .embedder import Embedder
 
         return Embedder
+    if name == "M3Embedder":
+        from .m3 import M3Embedder
+
+        return M3Embedder
     raise AttributeError(f"module 'embedkit' has no attribute {name!r}")
 
 
@@ -36,4 +41,5 @@ def load(model: str, **kwargs: Any) -> Embedder:
     return Embedder(model, **kwargs)
 
 
-__all__ = ["Embedder", "EmbedderSpec", "load", "EmbedkitError", "SpecError", "CheckpointError", "DataError"]
+__all__ = ["Embedder", "M3Embedder", "EmbedderSpec", "load", "EmbedkitError", "SpecError", "CheckpointError",
+           "DataError"]

@@ -41,7 +41,9 @@ The JSON form (:meth:`InspectReport.to_dict`, schema version :data:`SCHEMA_VERSI
     ``None``, or ``{"base_model_name_or_path", "peft_type", "r", "lora_alpha", "target_modules", "adapter_files",
     "parameters", "error"}`` when ``adapter_config.json`` exists.
 ``m3_heads``
-    ``{"colbert_linear": bool, "sparse_linear": bool}`` (bge-m3 heads, ``.pt`` or ``.safetensors``).
+    ``{"colbert_linear": bool, "sparse_linear": bool}`` (bge-m3 heads, ``.pt`` or ``.safetensors``; both true: a
+    bge-m3 folder with dense, sparse and ColBERT outputs). A single head, heads only as ``.safetensors`` (which
+    FlagEmbedding does not read) or a head that does not fit the hidden size is listed in ``problems``.
 ``checkpoints``
     names of ``checkpoint-N`` sub-folders (a Trainer ``output_dir``), oldest first.
 ``next_steps``
@@ -312,6 +314,34 @@ def _resolve_spec(folder: Path, config: dict[str, Any], complete: bool) -> Any:
                         hidden_size=hidden if isinstance(hidden, int) else None, warn=False)
 
 
+def _m3_head_problems(folder: Path, present: dict[str, bool], files: set[str], hidden_size: Any) -> list[str]:
+    """What stops the bge-m3 heads from working: one head only, ``.safetensors`` only (FlagEmbedding reads ``.pt``),
+    or a head that is unreadable or does not fit the model's hidden size."""
+    from .m3_heads import load_head
+
+    if not any(present.values()):
+        return []
+    problems = []
+    missing = [h for h, ok in present.items() if not ok]
+    if missing:
+        problems.append(f"bge-m3: {missing[0]} is missing (only {', '.join(h for h in present if present[h])}): "
+                        "embedkit's M3Embedder gives only the outputs of the heads present, and FlagEmbedding's "
+                        "BGEM3FlagModel silently uses random heads unless colbert_linear.pt and sparse_linear.pt "
+                        "both exist (copy the missing one from the base bge-m3)")
+    elif not all(f"{h}.pt" in files for h in present):
+        problems.append("bge-m3: heads stored only as .safetensors; FlagEmbedding's BGEM3FlagModel reads "
+                        f"colbert_linear.pt / sparse_linear.pt (run `embedkit save {_q(folder)} "
+                        f"{_q(str(folder) + '-m3')}`, which writes both forms)")
+    size = hidden_size if isinstance(hidden_size, int) and not isinstance(hidden_size, bool) else None
+    for head, ok in present.items():
+        if ok:
+            try:
+                load_head(folder, head, hidden_size=size, out_features=1 if head == "sparse_linear" else None)
+            except EmbedkitError as exc:
+                problems.append(f"bge-m3: {exc.message}")
+    return problems
+
+
 def _checkpoint_subfolders(folder: Path) -> list[str]:
     found = []
     for p in folder.iterdir():
@@ -428,6 +458,7 @@ def inspect_folder(path: str | Path) -> InspectReport:
             report.problems.append(report.lora["error"])
     heads = set(by_class.get(layout.M3_HEADS, []))
     report.m3_heads = {h: any(f"{h}{ext}" in heads for ext in (".pt", ".safetensors")) for h in _M3_HEADS}
+    report.problems.extend(_m3_head_problems(folder, report.m3_heads, heads, model.get("hidden_size")))
 
     # -- kind
     if not rels:

@@ -26,6 +26,7 @@ logger = logging.getLogger("embedkit")
 
 FORMATS = ("safetensors", "bin", "both")
 M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
+"""bge-m3 head files FlagEmbedding reads; ``save`` writes each also as ``.safetensors``."""
 
 
 @dataclass
@@ -96,6 +97,7 @@ def save(
     sign_key: str | Path | None = None,
     card: dict[str, Any] | None = None,
     trust_pickle: bool = False,
+    m3_heads: Any = None,
     **spec_overrides: Any,
 ) -> SaveResult:
     """Save a model as a Hugging Face folder plus the sentence-transformers layout, model card and manifest.
@@ -111,6 +113,9 @@ def save(
         sentence_transformers: also write the sentence-transformers layout (failure there only warns).
         sign_key: an ed25519 private key (PEM) to sign the manifest with.
         card: extra model-card content: ``training`` / ``metrics`` dicts, ``notes`` list, ``base_model``.
+        m3_heads: bge-m3 heads to write (an :class:`embedkit.m3.M3Heads` or ``{"colbert_linear": state_dict, ...}``;
+            e.g. from unified fine-tuning). By default a source folder's heads are carried over. Heads are written
+            as ``colbert_linear.pt`` / ``sparse_linear.pt`` (FlagEmbedding) and the same tensors as ``.safetensors``.
 
     Example:
         >>> save("checkpoint-1500", "my-model", pooling="cls", query_instruction="query: ")
@@ -166,11 +171,10 @@ def save(
                 if ".safetensors" in f.name:
                     f.unlink()
         tokenizer.save_pretrained(str(tmp))
-        if src is not None:
-            for name in M3_HEAD_FILES:
-                if (src / name).is_file():
-                    load_state_dict(src / name)  # refuses a malicious pickle before copying it
-                    shutil.copy2(src / name, tmp / name)
+        if m3_heads is not None:
+            _write_given_m3_heads(m3_heads, tmp, hidden_size)
+        elif src is not None:
+            _write_m3_heads(src, tmp, hidden_size, trust_pickle=trust_pickle)
         wrote_st = False
         if sentence_transformers:
             wrote_st = _write_st_layout(tmp, spec, hidden_size, warnings)
@@ -192,6 +196,36 @@ def save(
     for w in warnings:
         logger.warning("%s", w)
     return SaveResult(path=dst, spec=spec, files=files, sentence_transformers=wrote_st, warnings=warnings)
+
+
+def _write_m3_heads(src: Path, folder: Path, hidden_size: int, *, trust_pickle: bool = False) -> None:
+    """Write the bge-m3 heads of ``src`` (``.pt`` or ``.safetensors``) into ``folder`` in both forms.
+
+    Each head is read safely (no untrusted pickle) and checked against ``hidden_size`` first; the ``.pt`` is what
+    FlagEmbedding's ``BGEM3FlagModel`` loads (it needs both heads), the ``.safetensors`` serves everything else.
+    """
+    from .m3_heads import HEAD_NAMES, load_head, write_head
+
+    for name in HEAD_NAMES:
+        sd = load_head(src, name, hidden_size=hidden_size, out_features=1 if name == "sparse_linear" else None,
+                       trust_pickle=trust_pickle)
+        if sd is None:
+            continue
+        write_head(folder, name, sd)  # a fresh tensors-only .pt, even when the source needed --trust-pickle
+
+
+def _write_given_m3_heads(heads: Any, folder: Path, hidden_size: int) -> None:
+    """Write heads passed to :func:`save`: an object with ``colbert_linear`` / ``sparse_linear`` modules (e.g.
+    :class:`embedkit.m3.M3Heads`) or a ``{name: state_dict}`` mapping; each checked against ``hidden_size``."""
+    from .m3_heads import HEAD_NAMES, check_linear_head, write_head
+
+    for name in HEAD_NAMES:
+        item = heads.get(name) if isinstance(heads, dict) else getattr(heads, name, None)
+        if item is None:
+            continue
+        sd = item.state_dict() if hasattr(item, "state_dict") else dict(item)
+        check_linear_head(Path(f"{name} (m3_heads)"), sd, hidden_size, 1 if name == "sparse_linear" else None)
+        write_head(folder, name, sd)
 
 
 def _write_st_layout(folder: Path, spec: EmbedderSpec, hidden_size: int, warnings: list[str]) -> bool:

@@ -1,4 +1,4 @@
-"""``embedkit encode``: texts from a file -> float32 .npy."""
+"""``embedkit encode``: texts from a file -> float32 .npy (or, with ``--m3``, a bge-m3 .npz)."""
 
 from __future__ import annotations
 
@@ -33,16 +33,34 @@ def encode(
     dtype: str | None = typer.Option(None, help="fp32 (default) | bf16 | fp16."),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: on in a terminal for long inputs)."),
+    m3: bool = typer.Option(False, "--m3", help="bge-m3 outputs: an .npz with 'dense' (plus --sparse / --colbert)."),
+    sparse: bool = typer.Option(False, "--sparse", help="With --m3: lexical weights (CSR arrays sparse_indptr, "
+                                "sparse_indices = token ids, sparse_data)."),
+    colbert: bool = typer.Option(False, "--colbert", help="With --m3: ColBERT vectors (colbert_vecs, colbert_offsets)"),
+    sparse_format: str = typer.Option("csr", "--sparse-format", help="With --sparse: 'csr' (arrays in the .npz) or "
+                                      "'jsonl' (a sibling OUTPUT.sparse.jsonl, one {token_id: weight} per line)."),
 ) -> None:
     """Encode every text of INPUT with MODEL and write the vectors to OUTPUT (.npy, float32, input order).
 
+    With --m3, OUTPUT is an .npz: 'dense' (n, d) float32, and with --sparse / --colbert the lexical weights and the
+    ColBERT vectors (rows of text i: colbert_vecs[colbert_offsets[i]:colbert_offsets[i+1]]).
+
     Example: embedkit encode minilm --input texts.txt --output vectors.npy
+
+    Example: embedkit encode bge-m3 --m3 --sparse --colbert --input texts.txt --output out.npz
     """
     from ..embedder import Embedder
     from ..textio import read_texts, save_npy
 
     if queries and passages:
         raise SpecError("--queries and --passages are exclusive", hint="pick one (or neither for plain texts)")
+    if not m3 and (sparse or colbert or sparse_format != "csr"):
+        raise SpecError("--sparse, --colbert and --sparse-format are bge-m3 outputs", hint="add --m3")
+    if m3:
+        if sparse_format not in ("csr", "jsonl"):
+            raise SpecError(f"unknown --sparse-format {sparse_format!r}", hint="use 'csr' or 'jsonl'")
+        if output.suffix.lower() != ".npz":
+            raise SpecError(f"with --m3 the output is an .npz archive, got {output}", hint="e.g. --output out.npz")
     texts = read_texts(input, field=field)
     kind = "queries" if queries else "passages" if passages else None
     overrides = {}
@@ -50,6 +68,13 @@ def encode(
         prefix = "query" if queries else "passage"
         overrides[f"{prefix}_instruction"] = instruction
         overrides[f"{prefix}_instruction_format"] = instruction_format
+    if m3:
+        _encode_m3(model, texts, input, output, kind, sparse=sparse, colbert=colbert, sparse_format=sparse_format,
+                   instruction=instruction, instruction_format=instruction_format,
+                   options=dict(pooling=pooling, normalize=normalize, max_length=max_length,
+                                truncate_dim=truncate_dim, device=device, dtype=dtype, batch_size=batch_size,
+                                show_progress=progress, **overrides))
+        return
     embedder = Embedder(model, pooling=pooling, normalize=normalize, max_length=max_length,
                         truncate_dim=truncate_dim, device=device, dtype=dtype, batch_size=batch_size,
                         show_progress=progress, **overrides)
@@ -61,3 +86,31 @@ def encode(
         vectors = embedder.encode(texts, instruction=instruction, instruction_format=instruction_format)
     save_npy(output, vectors)
     typer.echo(f"wrote {output} {tuple(vectors.shape)} float32 ({len(texts)} texts from {input})")
+
+
+def _encode_m3(model: str, texts: list[str], input: Path, output: Path, kind: str | None, *, sparse: bool,
+               colbert: bool, sparse_format: str, instruction: str | None, instruction_format: str | None,
+               options: dict) -> None:
+    """``--m3``: encode with :class:`~embedkit.m3.M3Embedder` and write the .npz (and the .sparse.jsonl)."""
+    from ..m3 import M3Embedder, save_lexical_jsonl, save_m3_npz
+
+    embedder = M3Embedder(model, return_dense=True, return_sparse=sparse, return_colbert=colbert, **options)
+    if kind == "queries":
+        result = embedder.encode_queries(texts)
+    elif kind == "passages":
+        result = embedder.encode_corpus(texts)
+    else:
+        result = embedder.encode(texts, instruction=instruction, instruction_format=instruction_format)
+    written = []
+    if sparse and sparse_format == "jsonl":
+        jsonl = save_lexical_jsonl(output.with_suffix(".sparse.jsonl"), result["lexical_weights"])
+        result = dict(result, lexical_weights=None)
+        written.append(str(jsonl))
+    save_m3_npz(output, result, colbert_dim=embedder.colbert_dim)
+    parts = [f"dense {tuple(result['dense_vecs'].shape)}"]
+    if result["lexical_weights"] is not None:
+        parts.append("sparse (CSR)")
+    if colbert:
+        parts.append(f"colbert ({sum(len(v) for v in result['colbert_vecs'])} token vectors)")
+    typer.echo(f"wrote {output} [{', '.join(parts)}]{''.join(' and ' + w for w in written)} "
+               f"({len(texts)} texts from {input})")
