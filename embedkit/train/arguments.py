@@ -32,6 +32,12 @@ class ModelArguments:
     lora_target_modules: str | None = field(
         default=None, metadata={"help": "Comma-separated module names (default: chosen per architecture)."})
     merge_lora: bool = field(default=False, metadata={"help": "Also save the merged model (OUTPUT/merged)."})
+    unified: bool = field(
+        default=False, metadata={"help": "bge-m3: train dense, sparse and ColBERT together (heads from the model "
+                                 "folder, or new ones)."})
+    self_distill: bool = field(default=False, metadata={"help": "bge-m3 --unified: KL of each mode toward the "
+                                                        "ensemble's distribution."})
+    self_distill_start_step: int = field(default=-1, metadata={"help": "Step after which self-distillation starts."})
     trust_pickle: bool = field(default=False, metadata={"help": "Allow full unpickling of .bin weights."})
 
 

@@ -46,11 +46,15 @@ def group_scores(q: torch.Tensor, p: torch.Tensor, group_size: int, temperature:
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "kl_div") -> torch.Tensor:
-    """Distillation: cross-entropy of the student's group distribution against softmax(teacher scores).
+    """Distillation: cross-entropy of the student's distribution against softmax(teacher scores).
 
-    ``kl_div`` (FlagEmbedding's default) equals KL(teacher || student) up to the teacher's constant entropy.
+    ``kl_div`` (FlagEmbedding's default) equals KL(teacher || student) up to the teacher's constant entropy;
+    ``kl_div_probs`` takes the teacher's probabilities directly (bge-m3 self-distillation).
     """
-    if kind != "kl_div":
+    if kind == "kl_div":
+        target = torch.softmax(teacher.float(), dim=-1)
+    elif kind == "kl_div_probs":
+        target = teacher.float()
+    else:
         raise ValueError(f"unknown kd loss {kind!r}: use 'kl_div'")
-    target = torch.softmax(teacher.float(), dim=-1)
     return -(target * torch.log_softmax(student.float(), dim=-1)).sum(dim=-1).mean()

@@ -298,7 +298,8 @@ def save_trained(model: EmbedderTrainingModel, folder: Path, spec: EmbedderSpec,
     if _is_peft(encoder):
         save_adapter(encoder, folder, spec, tokenizer)
         return
-    save(encoder, folder, spec=spec, tokenizer=tokenizer, overwrite=True, card=card)
+    save(encoder, folder, spec=spec, tokenizer=tokenizer, overwrite=True, card=card,
+         m3_heads=getattr(model, "heads", None))
 
 
 def save_adapter(encoder: Any, folder: Path, spec: EmbedderSpec, tokenizer: Any) -> None:
@@ -329,6 +330,11 @@ def load_trained_weights(model: EmbedderTrainingModel, folder: Path) -> None:
         set_peft_model_state_dict(model.encoder, load_state_dict(found))
         return
     state, _ = read_weights(folder)
+    if getattr(model, "heads", None) is not None:
+        from ..m3 import M3Heads
+
+        saved = M3Heads.from_folder(folder, int(model.encoder.config.hidden_size))
+        model.heads.load_state_dict(saved.state_dict())
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("pooler.", "embeddings.position_ids"))]
     if missing or unexpected:
@@ -397,13 +403,19 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     encoder = load_model(path, trust_pickle=model_args.trust_pickle)
     if model_args.lora:
         encoder = apply_lora(encoder, model_args)
-    model = EmbedderTrainingModel(
-        encoder, spec, group_size=data_args.train_group_size, temperature=train_args.temperature,
-        in_batch_negatives=train_args.in_batch_negatives, negatives_cross_device=train_args.negatives_cross_device,
-        kd_loss=None if train_args.kd_loss == "none" else train_args.kd_loss, kd_weight=train_args.kd_weight)
+    common = dict(group_size=data_args.train_group_size, temperature=train_args.temperature,
+                  in_batch_negatives=train_args.in_batch_negatives,
+                  negatives_cross_device=train_args.negatives_cross_device,
+                  kd_loss=None if train_args.kd_loss == "none" else train_args.kd_loss, kd_weight=train_args.kd_weight)
+    if model_args.unified:
+        model = _m3_model(encoder, path, spec, tokenizer, model_args, train_args, common)
+    else:
+        model = EmbedderTrainingModel(encoder, spec, **common)
     dataset = GroupDataset(data.examples, spec, data_args.train_group_size, seed=train_args.seed)
-    collator = GroupCollator(tokenizer, spec.query_max_length, spec.passage_max_length,
-                             chunk_size=train_args.grad_cache_chunk or train_args.per_device_train_batch_size)
+    chunk = train_args.grad_cache_chunk or train_args.per_device_train_batch_size
+    if model_args.unified:
+        chunk = 1 << 30  # one chunk per side: ColBERT vectors keep one padded width
+    collator = GroupCollator(tokenizer, spec.query_max_length, spec.passage_max_length, chunk_size=chunk)
     callbacks = [MetricsCallback(Path(train_args.output_dir), plot=train_args.plot_loss)]
     eval_data = None
     if data_args.eval_data:
@@ -413,6 +425,31 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     trainer = EmbedkitTrainer(model=model, args=train_args, train_dataset=dataset, data_collator=collator,
                               processing_class=tokenizer, callbacks=callbacks, spec=spec, eval_data=eval_data)
     return trainer, summary
+
+
+def _m3_model(encoder: Any, path: Path, spec: EmbedderSpec, tokenizer: Any, model_args: ModelArguments,
+              train_args: EmbedkitTrainingArguments, common: dict[str, Any]) -> Any:
+    """The unified bge-m3 model: the folder's heads (or new ones, said once)."""
+    from ..m3 import M3Heads
+    from .m3 import M3TrainingModel
+
+    if model_args.lora:
+        raise DataError("--unified with --lora is not supported yet", hint="train all weights with --unified")
+    if train_args.grad_cache_chunk:
+        raise DataError("--unified with --grad_cache_chunk is not supported yet",
+                        hint="lower --per_device_train_batch_size instead")
+    hidden = int(encoder.config.hidden_size)
+    heads = M3Heads.from_folder(path, hidden, trust_pickle=model_args.trust_pickle)
+    fresh = M3Heads.create(hidden)
+    missing = [n for n in ("sparse_linear", "colbert_linear") if getattr(heads, n) is None]
+    for name in missing:
+        setattr(heads, name, getattr(fresh, name))
+    if missing:
+        logger.warning("%s has no %s: starting %s from random initialization", path, " or ".join(missing),
+                       "them" if len(missing) > 1 else "it")
+    heads.train()
+    return M3TrainingModel(encoder, heads, spec, tokenizer, self_distill=model_args.self_distill,
+                           self_distill_start_step=model_args.self_distill_start_step, **common)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments) -> Path:
