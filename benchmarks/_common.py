@@ -44,3 +44,17 @@ def run_and_collect(script: Path, engine: str, args: list[str]) -> tuple[dict, n
 
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ``ru_maxrss``: Linux carries that over ``exec`` from the
+    parent, so a worker would report the benchmark driver's peak instead of its own."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

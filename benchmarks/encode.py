@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_texts, median, run_and_collect, run_worker  # noqa: E402
+from _common import make_texts, median, peak_rss_mb, run_and_collect, run_worker  # noqa: E402
 
 ENGINES = ("sentence-transformers", "flagembedding", "embedkit-fp32", "embedkit-auto", "embedkit-bf16",
            "embedkit-int8")
@@ -64,7 +63,7 @@ def worker(engine: str, args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - t0
     np.save(args.vectors_out, vecs)
     print(json.dumps({"engine": engine, "texts_per_s": len(texts) / elapsed, "seconds": elapsed, "load_s": load_s,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "peak_rss_mb": peak_rss_mb(),
                       "precision": getattr(embedder, "precision", None)}))
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_texts, median, run_worker  # noqa: E402
+from _common import make_texts, median, peak_rss_mb, run_worker  # noqa: E402
 
 
 def write_data(path: Path, n: int) -> None:
@@ -32,10 +31,6 @@ def write_data(path: Path, n: int) -> None:
         for i in range(n):
             q, p, neg = texts[3 * i], texts[3 * i + 1], texts[3 * i + 2]
             fh.write(json.dumps({"query": " ".join(q.split()[:8]), "pos": [p], "neg": [neg]}) + "\n")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def worker(engine: str, args: argparse.Namespace) -> None:
@@ -92,7 +87,7 @@ def worker(engine: str, args: argparse.Namespace) -> None:
     sps = batch * (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else batch * steps / wall
     print(json.dumps({"engine": engine, "samples_per_s": sps, "wall_s": wall,
                       "hf_samples_per_s": result.metrics.get("train_samples_per_second"),
-                      "final_loss": result.metrics.get("train_loss"), "peak_rss_mb": _peak_rss_mb()}))
+                      "final_loss": result.metrics.get("train_loss"), "peak_rss_mb": peak_rss_mb()}))
 
 
 def main() -> None:
