@@ -46,6 +46,7 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
     from rich.console import Console
     from rich.table import Table
 
+    from ._io import atomic_write
     from .checkpoint.manifest import verify_manifest
     from .demo_data import build_numpy_dataset
     from .embedder import Embedder
@@ -117,8 +118,8 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
             table.add_row(k, f"{before.metrics[k]:.4f}", f"{after.metrics[k]:.4f}",
                           f"[{'green' if d > 0 else 'red'}]{d:+.4f}[/]")
     console.print(table)
-    (out / "eval_report.md").write_text(markdown_report([before, after], "numpy docs retrieval: before / after"),
-                                        encoding="utf-8")
+    with atomic_write(out / "eval_report.md", "w") as fh:
+        fh.write(markdown_report([before, after], "numpy docs retrieval: before / after"))
     plot_comparison([before, after], out / "eval_before_after.png", labels=["all-MiniLM-L6-v2", "fine-tuned"],
                     title="numpy docs retrieval (test split)")
     timings["eval_after"] = time.perf_counter() - t
@@ -143,7 +144,8 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
         "model": str(final), "manifest_ok": manifest.ok, "st_max_abs_diff": diff,
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - t_start, 1)},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    with atomic_write(out / "summary.json", "w") as fh:
+        fh.write(json.dumps(summary, indent=2, default=str))
     console.rule("[bold]Done")
     console.print(f"everything is in {out.resolve()}: data/, train/ (model/, metrics.jsonl, loss_curve.png, "
                   f"eval_before_after.png), eval_report.md, eval_before_after.png, summary.json "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -30,7 +31,10 @@ def encode(
     instruction_format: str | None = typer.Option(None, help='How instruction and text join, e.g. "{}{}".'),
     truncate_dim: int | None = typer.Option(None, min=1, help="Keep the first N dimensions (Matryoshka)."),
     device: str | None = typer.Option(None, help="cpu | cuda | cuda:N (default: cuda when available)."),
-    dtype: str | None = typer.Option(None, help="fp32 (default) | bf16 | fp16."),
+    dtype: str | None = typer.Option(None, help="fp32 (default) | bf16 | fp16 (torch; see --precision)."),
+    precision: str | None = typer.Option(
+        None, help="fp32 (default, exact) | auto | bf16 | fp16 | int8 (non-fp32 is quality-gated vs fp32)."),
+    max_batch_tokens: int | None = typer.Option(None, min=1, help="Fill batches by padded token count."),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: on in a terminal for long inputs)."),
     m3: bool = typer.Option(False, "--m3", help="bge-m3 outputs: an .npz with 'dense' (plus --sparse / --colbert)."),
@@ -68,24 +72,27 @@ def encode(
         prefix = "query" if queries else "passage"
         overrides[f"{prefix}_instruction"] = instruction
         overrides[f"{prefix}_instruction_format"] = instruction_format
+    options = dict(pooling=pooling, normalize=normalize, max_length=max_length, truncate_dim=truncate_dim,
+                   device=device, dtype=dtype, precision=precision, batch_size=batch_size, show_progress=progress,
+                   **overrides)
     if m3:
         _encode_m3(model, texts, input, output, kind, sparse=sparse, colbert=colbert, sparse_format=sparse_format,
-                   instruction=instruction, instruction_format=instruction_format,
-                   options=dict(pooling=pooling, normalize=normalize, max_length=max_length,
-                                truncate_dim=truncate_dim, device=device, dtype=dtype, batch_size=batch_size,
-                                show_progress=progress, **overrides))
+                   instruction=instruction, instruction_format=instruction_format, options=options)
         return
-    embedder = Embedder(model, pooling=pooling, normalize=normalize, max_length=max_length,
-                        truncate_dim=truncate_dim, device=device, dtype=dtype, batch_size=batch_size,
-                        show_progress=progress, **overrides)
-    if kind == "queries":
-        vectors = embedder.encode_queries(texts)
-    elif kind == "passages":
-        vectors = embedder.encode_corpus(texts)
-    else:
-        vectors = embedder.encode(texts, instruction=instruction, instruction_format=instruction_format)
+    embedder = Embedder(model, max_batch_tokens=max_batch_tokens, **options)
+    vectors = _run(embedder, texts, kind, instruction, instruction_format)
     save_npy(output, vectors)
     typer.echo(f"wrote {output} {tuple(vectors.shape)} float32 ({len(texts)} texts from {input})")
+
+
+def _run(embedder: Any, texts: list[str], kind: str | None, instruction: str | None,
+         instruction_format: str | None) -> Any:
+    """Queries, passages, or plain texts (with ``--instruction``), for either embedder."""
+    if kind == "queries":
+        return embedder.encode_queries(texts)
+    if kind == "passages":
+        return embedder.encode_corpus(texts)
+    return embedder.encode(texts, instruction=instruction, instruction_format=instruction_format)
 
 
 def _encode_m3(model: str, texts: list[str], input: Path, output: Path, kind: str | None, *, sparse: bool,
@@ -95,12 +102,7 @@ def _encode_m3(model: str, texts: list[str], input: Path, output: Path, kind: st
     from ..m3 import M3Embedder, save_lexical_jsonl, save_m3_npz
 
     embedder = M3Embedder(model, return_dense=True, return_sparse=sparse, return_colbert=colbert, **options)
-    if kind == "queries":
-        result = embedder.encode_queries(texts)
-    elif kind == "passages":
-        result = embedder.encode_corpus(texts)
-    else:
-        result = embedder.encode(texts, instruction=instruction, instruction_format=instruction_format)
+    result = _run(embedder, texts, kind, instruction, instruction_format)
     written = []
     if sparse and sparse_format == "jsonl":
         jsonl = save_lexical_jsonl(output.with_suffix(".sparse.jsonl"), result["lexical_weights"])

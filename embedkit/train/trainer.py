@@ -459,7 +459,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
     if trainer.is_world_process_zero():
         logger.info("%s", format_summary(summary))
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "data_summary.json", "w", encoding="utf-8") as fh:
+        from .._io import atomic_write
+
+        with atomic_write(out / "data_summary.json", "w") as fh:
             json.dump(summary, fh, indent=2)
     evaluating = trainer.eval_data is not None and trainer.is_world_process_zero()
     if evaluating and not train_args.resume_from_checkpoint:
