@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -283,20 +283,40 @@ class Embedder:
         items, single = _check_texts(texts)
         if convert_to not in ("numpy", "torch"):
             raise SpecError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-            raise SpecError(f"max_length must be a positive integer, got {max_length!r}")
-        if self.model_max_length is not None and max_length > self.model_max_length:
-            raise SpecError(f"max_length={max_length} exceeds what the model can take ({self.model_max_length})",
-                            hint=f"pass max_length <= {self.model_max_length}")
+        max_length = self._check_max_length(max_length)
         batch_size = batch_size or self.batch_size
-        formatted = [format_fn(t) for t in items]
-        if self.spec.do_lower_case:
-            formatted = [t.lower() for t in formatted]
-        out = np.empty((len(formatted), self.dim), dtype=np.float32)
-        if formatted:
-            self._encode_into(out, formatted, max_length, batch_size, show_progress)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        if items:
+            self._encode_into(out, self._prepare(items, format_fn, max_length), batch_size, show_progress)
         result: np.ndarray | torch.Tensor = out[0] if single else out
         return torch.from_numpy(result) if convert_to == "torch" else result
+
+    def _check_max_length(self, max_length: Any, name: str = "max_length") -> int:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise SpecError(f"{name} must be a positive integer, got {max_length!r}")
+        if self.model_max_length is not None and max_length > self.model_max_length:
+            raise SpecError(f"{name}={max_length} exceeds what the model can take ({self.model_max_length})",
+                            hint=f"pass {name} <= {self.model_max_length}")
+        return max_length
+
+    def _prepare(self, texts: list[str], format_fn: Any, max_length: int) -> dict[str, list[list[int]]]:
+        """Instruction (``format_fn``), ``do_lower_case``, then tokenization without padding."""
+        formatted = [format_fn(t) for t in texts]
+        if self.spec.do_lower_case:
+            formatted = [t.lower() for t in formatted]
+        return self.tokenize(formatted, max_length)
+
+    def _padded_batches(self, features: dict[str, list[list[int]]], batch_size: int
+                        ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """``(rows, padded features)``: token-length sorted, by count or by ``max_batch_tokens``, padded (to a
+        multiple of 16 in bf16 / fp16). Every encode loop (dense, bge-m3) goes through here."""
+        lengths = [len(ids) for ids in features["input_ids"]]
+        order = length_sorted_order(lengths)
+        padding_side = getattr(self.tokenizer, "padding_side", "right")
+        chunks = (token_budget_batches(order, lengths, self.max_batch_tokens, batch_size)
+                  if getattr(self, "max_batch_tokens", None) else batches(order, batch_size))
+        for rows in chunks:
+            yield rows, pad_features(features, rows, self.pad_token_id, padding_side, self._pad_multiple)
 
     def _progress(self, total: int, batch_size: int, show_progress: bool | None):
         from tqdm.auto import tqdm
@@ -306,24 +326,16 @@ class Embedder:
             show = sys.stderr.isatty() and total > batch_size
         return tqdm(total=total, desc="Encoding", unit="text", disable=not show, leave=False)
 
-    def _encode_into(self, out: np.ndarray, texts: list[str], max_length: int, batch_size: int,
+    def _encode_into(self, out: np.ndarray, features: dict[str, list[list[int]]], batch_size: int,
                      show_progress: bool | None) -> None:
-        features = self.tokenize(texts, max_length)
-        order = length_sorted_order([len(ids) for ids in features["input_ids"]])
-        padding_side = getattr(self.tokenizer, "padding_side", "right")
         spec = self.spec
-        with self._progress(len(texts), batch_size, show_progress) as bar:
-            pooled = getattr(self.backend, "pooled", False)
-            lengths = [len(ids) for ids in features["input_ids"]]
-            chunks = (token_budget_batches(order, lengths, self.max_batch_tokens, batch_size)
-                      if getattr(self, "max_batch_tokens", None) else batches(order, batch_size))
-            for rows in chunks:
-                padded = pad_features(features, rows, self.pad_token_id, padding_side, self._pad_multiple)
+        pooled = getattr(self.backend, "pooled", False)
+        with self._progress(len(out), batch_size, show_progress) as bar:
+            for rows, padded in self._padded_batches(features, batch_size):
                 if pooled:  # the graph ends in embedkit.pooling.embed, traced with this spec
                     out[rows] = self.backend.forward(padded)
-                    bar.update(len(rows))
-                    continue
-                hidden, mask = self.backend.forward(padded)
-                vecs = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim)
-                out[rows] = vecs.float().cpu().numpy()
+                else:
+                    hidden, mask = self.backend.forward(padded)
+                    vecs = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim)
+                    out[rows] = vecs.float().cpu().numpy()
                 bar.update(len(rows))

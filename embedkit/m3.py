@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import pooling
-from .batching import batches, length_sorted_order, pad_features
+from .batching import batches, pad_features
 from .checkpoint.m3_heads import COLBERT, MISSING_HEAD_HINT, SPARSE, load_head, write_head
 from .embedder import Embedder, _check_texts
 from .errors import CheckpointError, DataError, SpecError
@@ -470,20 +470,6 @@ class M3Embedder(Embedder):
         self._require_heads(sparse=flags[1], colbert=flags[2])
         return flags
 
-    def _check_max_length(self, max_length: Any, name: str = "max_length") -> int:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
-            raise SpecError(f"{name} must be a positive integer, got {max_length!r}")
-        if self.model_max_length is not None and max_length > self.model_max_length:
-            raise SpecError(f"{name}={max_length} exceeds what the model can take ({self.model_max_length})",
-                            hint=f"pass {name} <= {self.model_max_length}")
-        return max_length
-
-    def _prepare(self, texts: list[str], format_fn: Any, max_length: int) -> dict[str, list[list[int]]]:
-        formatted = [format_fn(t) for t in texts]
-        if self.spec.do_lower_case:
-            formatted = [t.lower() for t in formatted]
-        return self.tokenize(formatted, max_length)
-
     def _forward(self, padded: dict[str, np.ndarray], *, dense: bool, sparse: bool, colbert: bool,
                  sparse_vocab: bool = False) -> tuple[M3Output, torch.Tensor]:
         """One padded batch through the encoder and the heads: ``(outputs, attention_mask)``."""
@@ -508,11 +494,8 @@ class M3Embedder(Embedder):
         lexical: list[Any] | None = [None] * n if sparse else None
         multi: list[Any] | None = [None] * n if colbert else None
         if n:
-            order = length_sorted_order([len(ids) for ids in features["input_ids"]])
-            padding_side = getattr(self.tokenizer, "padding_side", "right")
             with self._progress(n, batch_size, show_progress) as bar:
-                for rows in batches(order, batch_size):
-                    padded = pad_features(features, rows, self.pad_token_id, padding_side)
+                for rows, padded in self._padded_batches(features, batch_size):
                     out, _ = self._forward(padded, dense=dense, sparse=sparse, colbert=colbert)
                     real = padded["attention_mask"] > 0
                     if dense_out is not None:

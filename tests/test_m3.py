@@ -445,3 +445,12 @@ def test_cli_m3_queries_sparse_jsonl_and_errors(tiny_m3, ours, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "sparse_linear.pt" in err and "hint:" in err and "Traceback" not in err
     assert not (tmp_path / "y.npz").exists()
+
+
+def test_token_budget_batching_gives_the_same_outputs(tiny_m3, ours):
+    """M3 goes through Embedder's shared batch iterator: token-budget batches must not change any output."""
+    texts = ["the quick brown fox", "", "hello world " * 20, "cat", "what is bge"]
+    budget = M3Embedder(tiny_m3, device="cpu", query_max_length=Q_LEN, passage_max_length=P_LEN, max_batch_tokens=40,
+                        return_sparse=True, return_colbert=True, show_progress=False)
+    assert_same_outputs(ours.encode(texts, return_sparse=True, return_colbert=True),
+                        budget.encode(texts, return_sparse=True, return_colbert=True))
