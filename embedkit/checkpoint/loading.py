@@ -86,6 +86,14 @@ def check_loaded_weights(model: Any, folder: Path, found: dict[str, tuple[Path, 
         check_finite(source, {name: t})
 
 
+def _describe_mismatch(item: Any) -> str:
+    """``name (file shape vs model shape)`` from one entry of transformers' ``mismatched_keys``."""
+    if isinstance(item, (tuple, list)) and len(item) == 3:
+        name, ckpt, expected = item
+        return f"{name} (file {list(ckpt)} vs config {list(expected)})"
+    return str(item)
+
+
 def load_tokenizer(path: str | Path, hint: str | None = None) -> Any:
     """``AutoTokenizer`` from a local folder (``local_files_only``); :class:`CheckpointError` naming the folder."""
     from transformers import AutoTokenizer
@@ -124,7 +132,10 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
         detail = " ".join((str(exc).strip() or type(exc).__name__).split())[:400]
         raise CheckpointError(f"{folder / 'config.json'} cannot be used: {detail}",
                               hint="fix config.json (it must be the model's transformers config)") from None
-    kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True, "config": config}
+    # mismatched shapes come back in the loading info (and are refused below, naming the tensor), not as
+    # transformers' generic "look at the above report"
+    kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True, "config": config,
+                              "ignore_mismatched_sizes": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
@@ -159,11 +170,12 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
                if not k.startswith(ignorable_missing) and not k.endswith("embeddings.position_ids")]
     mismatched = info.get("mismatched_keys", [])
     if missing or mismatched:
-        example = missing[:5] or [str(m) for m in mismatched[:5]]
+        example = missing[:5] or [_describe_mismatch(m) for m in list(mismatched)[:5]]
+        files = ", ".join(sorted({p.name for p, _ in found.values()})) or "the weight files"
         raise CheckpointError(
-            f"{folder}: weights do not match the {what} in config.json ({len(missing)} missing, {len(mismatched)} "
-            f"with other shapes, e.g. {', '.join(map(str, example))}); transformers would fill them with random "
-            "values",
+            f"{folder}: weights ({files}) do not match the {what} in config.json ({len(missing)} missing, "
+            f"{len(mismatched)} with other shapes, e.g. {', '.join(map(str, example))}); transformers would fill "
+            "them with random values",
             hint="check that config.json belongs to these weights (`embedkit inspect` shows both)",
         )
     check_loaded_weights(model, folder, found)
