@@ -1,9 +1,12 @@
 """What a model / training-output folder is, what it holds, and what to do with it next (``embedkit inspect``).
 
-:func:`inspect_folder` reads only file names, sizes, JSON files and safetensors headers (tensors are never loaded
-from ``.safetensors``; ``.bin`` weights go through :func:`embedkit.checkpoint.safe_load.load_state_dict`, which
-refuses untrusted pickles). Every problem it meets (an invalid ``config.json``, a truncated weight file, a spec that
-does not resolve) is recorded in the report instead of raised; only a path that is not a folder raises.
+:func:`inspect_folder` reads file names, sizes, JSON files and safetensors headers for the summary (``.bin``
+weights go through :func:`embedkit.checkpoint.safe_load.load_state_dict`, which refuses untrusted pickles), then runs
+the inference loaders themselves on the CPU (:func:`embedkit.checkpoint.loading.load_tokenizer` and
+:func:`~embedkit.checkpoint.loading.load_model`: config types, missing / misshaped / integer / NaN tensors), so a
+folder ``inspect`` finds no problem in is one ``encode`` loads. Every problem it meets (an invalid ``config.json``, a
+truncated weight file, a garbage tokenizer, a spec that does not resolve, a bge-m3 head that needs unpickling) is
+recorded in ``problems`` instead of raised; only a path that is not a folder raises.
 
 The JSON form (:meth:`InspectReport.to_dict`, schema version :data:`SCHEMA_VERSION`) has these top-level keys:
 
