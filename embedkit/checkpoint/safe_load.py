@@ -8,6 +8,7 @@ unpickling (arbitrary classes, i.e. arbitrary code) is refused unless the caller
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -90,7 +91,7 @@ def read_safetensors_header(path: str | Path) -> dict[str, dict[str, Any]]:
                 f"span {offsets[1] - offsets[0]} bytes", hint="the file is damaged: copy or re-save it")
         spans.append((offsets[0], offsets[1], name))
     spans.sort()
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         if start < end:
             raise CheckpointError(f"{path}: tensors {a!r} and {b!r} overlap in the file",
                                   hint="the file is damaged: copy or re-save it")
