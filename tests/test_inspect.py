@@ -258,10 +258,11 @@ def test_invalid_config_json_is_reported(tiny_copy, capsys):
     assert report.spec is None and "invalid JSON" in report.spec_error
     assert any("config.json" in p for p in report.problems)
     assert any("fix config.json" in s for s in report.next_steps)
-    rc, out, err = _run_cli(["inspect", str(folder)], capsys)
-    assert rc == 0 and "Traceback" not in out + err and "invalid JSON" in out
+    rc, out, err = _run_cli(["inspect", str(folder)], capsys)  # report printed, then exit 2: not ready
+    assert rc == 2 and "Traceback" not in out + err and "invalid JSON" in out and "not ready" in out
+    assert "error:" in err and "config.json" in err and "ready for inference[/" not in out
     rc, out, _ = _run_cli(["inspect", str(folder), "--json"], capsys)
-    assert rc == 0 and "invalid JSON" in json.loads(out)["model"]["config_error"]
+    assert rc == 2 and "invalid JSON" in json.loads(out)["model"]["config_error"]
 
 
 def test_truncated_weights_reported(tiny_copy):

@@ -223,5 +223,37 @@ def test_header_valid_but_payload_inconsistent_is_a_checkpoint_error(tmp_path):
     header = json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 4]}}).encode()
     path = tmp_path / "m.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 4)  # 4 bytes for 16 needed
-    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+    with pytest.raises(CheckpointError, match=r"tensor 'w' declares shape \[2, 2\] x F32 \(16 bytes\)") as err:
+        load_state_dict(path)  # caught by our header check, before safetensors reads anything
+    assert str(path) in err.value.message
+
+
+@pytest.mark.parametrize("tensors, match", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, "overlap"),
+    ({"a": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, "unknown dtype"),
+    ({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "invalid shape"),
+    ({"a": {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]}}, "invalid shape"),
+])
+def test_header_offsets_dtypes_and_overlaps_checked(tmp_path, tensors, match):
+    header = json.dumps(tensors).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 16)
+    with pytest.raises(CheckpointError, match=match) as err:
+        read_safetensors_header(path)
+    assert str(path) in err.value.message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_non_finite_tensor_refused_naming_file_and_tensor(tmp_path, value, suffix):
+    import torch
+    from safetensors.torch import save_file
+
+    sd = {"weight": torch.ones(3, 2), "bias": torch.tensor([0.0, value, 1.0]), "ids": torch.arange(3)}
+    path = tmp_path / f"head{suffix}"
+    save_file(sd, str(path)) if suffix == ".safetensors" else torch.save(sd, str(path))
+    with pytest.raises(CheckpointError, match="'bias' holds 1 NaN/Inf") as err:
         load_state_dict(path)
+    assert str(path) in err.value.message
+    assert load_state_dict(path, finite=False)["bias"].shape == (3,)

@@ -13,7 +13,15 @@ from typing import Any
 from .._io import atomic_dir, atomic_write
 from ..errors import CheckpointError
 from ..models import resolve_model_path
-from .layout import MANIFEST, WEIGHTS, check_destination, classify_file, find_weight_files, list_files
+from .layout import (
+    MANIFEST,
+    WEIGHTS,
+    check_destination,
+    classify_file,
+    find_weight_files,
+    list_files,
+    weight_index_shards,
+)
 from .safe_load import load_state_dict
 
 logger = logging.getLogger("embedkit")
@@ -65,11 +73,7 @@ def read_weights(folder: Path, *, trust_pickle: bool = False) -> tuple[dict[str,
     files = [f for f in find_weight_files(folder) if not f.name.endswith(".index.json")]
     index_files = [f for f in find_weight_files(folder) if f.name.endswith(".index.json")]
     for index in index_files:
-        try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a valid weight index ({exc})") from None
-        files += [folder / s for s in shards if folder / s not in files]
+        files += [s for s in weight_index_shards(index) if s not in files]  # entries stay inside the folder
     st = [f for f in files if f.suffix == ".safetensors"]
     chosen, fmt = (st, "safetensors") if st else ([f for f in files if f.suffix == ".bin"], "bin")
     if not chosen:
@@ -166,6 +170,17 @@ def _embedding_cosine(src: Path, new: Path) -> float | None:
     return float(cos.min())
 
 
+def check_weights_fit(folder: Path, *, trust_pickle: bool = False) -> None:
+    """Refuse weights that the folder's ``config.json`` cannot load: the same loader as inference
+    (:func:`embedkit.checkpoint.loading.load_model`: config types, shapes, nothing missing, no NaN / Inf, no integer
+    tensors where floats belong), so ``convert`` never writes a fresh manifest over a broken model. A folder without
+    ``config.json`` (bare weights) has nothing to fit; its tensors are still read through the safe loader."""
+    from .loading import load_model
+
+    if (folder / "config.json").is_file():
+        load_model(folder, trust_pickle=trust_pickle, device="cpu")
+
+
 def convert(
     src: str | Path,
     *,
@@ -178,8 +193,9 @@ def convert(
 ) -> ConvertReport:
     """Rewrite a model folder's weights in another format / dtype / sharding, verified, in place or to ``output``.
 
-    Every tensor is read back and compared with what was meant to be written (exact); for a dtype change the max
-    abs diff to the source and the embedding cosine on a few texts are reported.
+    The source must load with its ``config.json`` (:func:`check_weights_fit`) before anything is written. Every
+    tensor is read back and compared with what was meant to be written (exact); for a dtype change the max abs
+    diff to the source and the embedding cosine on a few texts are reported.
 
     Example:
         >>> convert("my-model", to="bin", output="my-model-bin")
@@ -198,6 +214,7 @@ def convert(
     dst = Path(output) if output is not None else folder
     if output is not None:
         check_destination(dst, overwrite=overwrite, src=folder)
+    check_weights_fit(folder, trust_pickle=trust_pickle)
     original, found_fmt = read_weights(folder, trust_pickle=trust_pickle)
     target = to or found_fmt
     converted = _cast(original, torch_dtype)

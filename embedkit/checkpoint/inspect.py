@@ -1,9 +1,12 @@
 """What a model / training-output folder is, what it holds, and what to do with it next (``embedkit inspect``).
 
-:func:`inspect_folder` reads only file names, sizes, JSON files and safetensors headers (tensors are never loaded
-from ``.safetensors``; ``.bin`` weights go through :func:`embedkit.checkpoint.safe_load.load_state_dict`, which
-refuses untrusted pickles). Every problem it meets (an invalid ``config.json``, a truncated weight file, a spec that
-does not resolve) is recorded in the report instead of raised; only a path that is not a folder raises.
+:func:`inspect_folder` reads file names, sizes, JSON files and safetensors headers for the summary (``.bin``
+weights go through :func:`embedkit.checkpoint.safe_load.load_state_dict`, which refuses untrusted pickles), then runs
+the inference loaders themselves on the CPU (:func:`embedkit.checkpoint.loading.load_tokenizer` and
+:func:`~embedkit.checkpoint.loading.load_model`: config types, missing / misshaped / integer / NaN tensors), so a
+folder ``inspect`` finds no problem in is one ``encode`` loads. Every problem it meets (an invalid ``config.json``, a
+truncated weight file, a garbage tokenizer, a spec that does not resolve, a bge-m3 head that needs unpickling) is
+recorded in ``problems`` instead of raised; only a path that is not a folder raises.
 
 The JSON form (:meth:`InspectReport.to_dict`, schema version :data:`SCHEMA_VERSION`) has these top-level keys:
 
@@ -222,17 +225,14 @@ def _state_dict_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
 
 
 def _shards_from_index(folder: Path, index_name: str) -> tuple[list[Path], str | None]:
-    data, err = _read_json_file(folder / index_name)
-    if err:
-        return [], err
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict):
-        return [], f"{index_name}: no 'weight_map' object"
-    names = sorted({str(v) for v in weight_map.values()})
-    missing = [n for n in names if not (folder / n).is_file()]
+    try:
+        shards = layout.weight_index_shards(folder / index_name)  # entries must stay inside the folder
+    except CheckpointError as exc:
+        return [], exc.message
+    missing = [s.relative_to(folder).as_posix() for s in shards if not s.is_file()]
     if missing:
         return [], f"{index_name} lists shard(s) that are missing: {', '.join(missing)}"
-    return [folder / n for n in names], None
+    return shards, None
 
 
 def _weight_stats(folder: Path, weight_files: list[str]) -> dict[str, Any]:
@@ -342,6 +342,28 @@ def _m3_head_problems(folder: Path, present: dict[str, bool], files: set[str], h
     return problems
 
 
+def _load_problems(folder: Path, *, has_st: bool, has_tokenizer: bool, load_weights: bool) -> list[str]:
+    """What the inference loaders refuse, found by running them (the same code ``encode`` runs): ``modules.json``
+    entries, the tokenizer, and the weights against ``config.json`` (names, shapes, dtypes, NaN / Inf). Loading
+    the weights reads every tensor once, on the CPU."""
+    from .loading import load_model, load_tokenizer
+
+    problems = []
+    checks = []
+    if has_st:
+        checks.append(lambda: layout.check_st_modules(folder))
+    if has_tokenizer:
+        checks.append(lambda: load_tokenizer(folder))
+    if load_weights:
+        checks.append(lambda: load_model(folder, device="cpu"))
+    for check in checks:
+        try:
+            check()
+        except EmbedkitError as exc:
+            problems.append(exc.message)
+    return problems
+
+
 def _checkpoint_subfolders(folder: Path) -> list[str]:
     found = []
     for p in folder.iterdir():
@@ -428,9 +450,10 @@ def inspect_folder(path: str | Path) -> InspectReport:
         "weight_files": list(weight_files),
     }
     if has_config:
-        data, err = _read_json_file(folder / "config.json")
-        if err is None and not isinstance(data, dict):
-            err = "config.json: expected a JSON object"
+        try:
+            data, err = layout.read_config(folder), None  # the loaders' own reader: JSON object, key types
+        except CheckpointError as exc:
+            data, err = None, exc.message.replace(f"{folder}{'/'}", "")
         if err:
             model["config_error"] = err
             report.problems.append(err)
@@ -459,6 +482,11 @@ def inspect_folder(path: str | Path) -> InspectReport:
     heads = set(by_class.get(layout.M3_HEADS, []))
     report.m3_heads = {h: any(f"{h}{ext}" in heads for ext in (".pt", ".safetensors")) for h in _M3_HEADS}
     report.problems.extend(_m3_head_problems(folder, report.m3_heads, heads, model.get("hidden_size")))
+
+    # -- what the loaders would refuse: modules.json paths, the tokenizer, the weights against the config
+    report.problems.extend(_load_problems(folder, has_st=has_st, has_tokenizer=has_tokenizer,
+                                          load_weights=config is not None and has_weights
+                                          and not stats["weights_error"]))
 
     # -- kind
     if not rels:

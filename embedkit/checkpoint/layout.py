@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ..errors import CheckpointError
 
@@ -36,10 +39,136 @@ def find_tokenizer_files(folder: Path) -> list[Path]:
     return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
 
 
+# ---------------------------------------------------------------------- reading the folder's JSON files
+_POSITIVE_INT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+                      "max_position_embeddings", "num_key_value_heads", "d_model", "head_dim")
+_NON_NEGATIVE_INT_KEYS = ("type_vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+_NUMBER_KEYS = ("layer_norm_eps", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+                "rms_norm_eps", "rope_theta")
+
+
+def read_json_file(path: str | Path, *, expect: type | None = None) -> Any:
+    """Parse one JSON file of a model folder; :class:`CheckpointError` naming it for anything unreadable.
+
+    Invalid UTF-8, invalid JSON, an unreadable path and (with ``expect=dict`` / ``list``) a value of another
+    JSON type all raise, so no ``UnicodeDecodeError`` / ``AttributeError`` escapes to the caller.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})",
+                              hint="the file is damaged: copy it again from the model's source") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})", hint="check the path and permissions") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+                              hint="fix the file, or copy it again from the model's source") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply", hint="the file is damaged: copy it again") from None
+    if expect is not None and not isinstance(value, expect):
+        want = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
+        raise CheckpointError(f"{path}: expected {want}, found {type(value).__name__}",
+                              hint="fix the file, or copy it again from the model's source")
+    return value
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """``config.json`` of ``folder`` as a dict, with the types of the keys every loader relies on checked.
+
+    Sizes (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``, ...) must be positive integers, token
+    ids non-negative integers or null, ``model_type`` a string, ``architectures`` a list of strings, and
+    ``num_attention_heads`` must divide ``hidden_size`` (unless ``head_dim`` is given). Raises
+    :class:`CheckpointError` naming the file and the key.
+
+    Example:
+        >>> read_config("minilm")["hidden_size"]
+        384
+    """
+    path = Path(folder) / "config.json"
+    config = read_json_file(path, expect=dict)
+
+    def bad(key: str, want: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {key!r} must be {want}, found {config[key]!r}",
+                               hint="fix config.json (it must be the transformers config these weights were "
+                               "saved with), or copy it again from the base model")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in _POSITIVE_INT_KEYS:
+        if key in config and config[key] is not None and not (is_int(config[key]) and config[key] > 0):
+            raise bad(key, "a positive integer")
+    for key in _NON_NEGATIVE_INT_KEYS:
+        if key in config and config[key] is not None and not (is_int(config[key]) and config[key] >= 0):
+            raise bad(key, "a non-negative integer or null")
+    for key in _NUMBER_KEYS:
+        v = config.get(key)
+        if key in config and v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            raise bad(key, "a number")
+    if "model_type" in config and not isinstance(config["model_type"], str):
+        raise bad("model_type", "a string")
+    arch = config.get("architectures")
+    if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
+        raise bad("architectures", "a list of strings")
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    if is_int(hidden) and is_int(heads) and config.get("head_dim") is None and hidden % heads:
+        raise CheckpointError(
+            f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}",
+            hint="fix config.json (it must be the transformers config these weights were saved with)")
+    return config
+
+
+def inside_folder(folder: str | Path, entry: Any, source: str | Path, what: str) -> Path:
+    """``folder / entry`` for a relative path that stays inside ``folder`` (checked on the names, symlinks not
+    followed, so Hugging Face cache snapshots still work); :class:`CheckpointError` naming ``source`` and the
+    entry for an absolute path, a ``..`` that climbs out, or a value that is not a string."""
+    if not isinstance(entry, str):
+        raise CheckpointError(f"{source}: {what} must be a path string, found {entry!r}",
+                              hint="fix or delete the file")
+    pure = PurePosixPath(entry.replace("\\", "/"))
+    parts = os.path.normpath(pure.as_posix()).split("/") if entry else ["."]
+    if pure.is_absolute() or re.match(r"^[A-Za-z]:", entry) or parts[0] == ".." or "\x00" in entry:
+        raise CheckpointError(f"{source}: {what} {entry!r} points outside the model folder",
+                              hint="every path in a model folder's files must be relative and stay inside it: "
+                              "fix or delete the file (it may be hostile)")
+    return Path(folder) / pure
+
+
+def weight_index_shards(index_path: str | Path) -> list[Path]:
+    """The shard files a ``*.index.json`` names (sorted, each checked to stay inside the folder)."""
+    index_path = Path(index_path)
+    index = read_json_file(index_path, expect=dict)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: no 'weight_map' object", hint="copy the index file again")
+    shards = {inside_folder(index_path.parent, v, index_path, f"weight_map entry {k!r}") for k, v in weight_map.items()}
+    return sorted(shards)
+
+
+def check_st_modules(folder: str | Path) -> None:
+    """Check ``modules.json``: a list of modules whose paths stay inside ``folder`` and whose ``config.json``
+    (when present) is a readable JSON object. :class:`CheckpointError` naming the file and entry otherwise."""
+    folder = Path(folder)
+    path = folder / "modules.json"
+    if not path.is_file():
+        return
+    for i, mod in enumerate(read_json_file(path, expect=list)):
+        if not isinstance(mod, dict):
+            raise CheckpointError(f"{path}: entry {i} is not a JSON object", hint="fix or delete the file")
+        sub = inside_folder(folder, mod.get("path") or "", path, f"entry {i} path")
+        if sub != folder and (sub / "config.json").is_file():
+            read_json_file(sub / "config.json", expect=dict)
+
+
 def check_model_folder(path: str | Path) -> Path:
     """Check that ``path`` is a local folder with config, weights and tokenizer; return it resolved.
 
-    Raises :class:`CheckpointError` naming the path tried and, for an incomplete folder, every missing part.
+    Raises :class:`CheckpointError` naming the path tried and, for an incomplete folder, every missing part;
+    also for a ``config.json`` with wrong key types (:func:`read_config`) and for ``modules.json`` entries that
+    leave the folder or name unreadable configs (:func:`check_st_modules`).
     embedkit works offline: a hub id such as ``BAAI/bge-small-en-v1.5`` is never downloaded.
     """
     folder = Path(path).expanduser()
@@ -69,6 +198,8 @@ def check_model_folder(path: str | Path) -> Path:
             hint="point to the folder written by save_pretrained / `embedkit save` (a training checkpoint may "
             "lack the tokenizer: copy it from the base model)",
         )
+    read_config(folder)
+    check_st_modules(folder)
     return folder.resolve()
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from .layout import find_weight_files
-from .safe_load import load_state_dict, pickle_refusal_reason, read_safetensors_header
+from .layout import find_tokenizer_files, find_weight_files, read_config, weight_index_shards
+from .safe_load import check_finite, load_state_dict, pickle_refusal_reason, read_safetensors_header
 
 logger = logging.getLogger("embedkit")
 
@@ -17,21 +18,80 @@ logger = logging.getLogger("embedkit")
 _IGNORABLE_MISSING = ("pooler.", "embeddings.position_ids")
 
 
-def _check_headers(folder: Path) -> None:
+def _check_headers(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Check every weight header / index of ``folder``; return ``{tensor: (file, dtype)}`` (dtype as in the file:
+    a safetensors code such as ``"F32"``, or a torch dtype name for ``.bin`` files that load with mmap)."""
+    found: dict[str, tuple[Path, str]] = {}
+    files: list[Path] = []
     for f in find_weight_files(folder):
+        if f.name.endswith(".index.json"):
+            for shard in weight_index_shards(f):
+                if not shard.is_file():
+                    raise CheckpointError(f"{f} lists shard {shard.name}, which is missing", hint="copy the shard")
+                files.append(shard)
+        else:
+            files.append(f)
+    for f in dict.fromkeys(files):
         if f.suffix == ".safetensors":
-            read_safetensors_header(f)
-        elif f.name.endswith(".safetensors.index.json"):
-            import json
+            found.update({name: (f, info["dtype"]) for name, info in read_safetensors_header(f).items()})
+        else:
+            found.update({name: (f, dtype) for name, dtype in _bin_dtypes(f).items()})
+    return found
 
-            try:
-                index = json.loads(f.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{f}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-            for shard in sorted(set(index.get("weight_map", {}).values())):
-                if not (folder / shard).is_file():
-                    raise CheckpointError(f"{f} lists shard {shard}, which is missing", hint="copy the shard")
-                read_safetensors_header(folder / shard)
+
+def _bin_dtypes(path: Path) -> dict[str, str]:
+    """Tensor dtypes of a ``.bin`` state dict, read with ``mmap`` (cheap); empty when it cannot be read that way
+    (the real load reports why)."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # legacy format, pickle refusal, damage: the load below raises the precise error
+        return {}
+    if not isinstance(sd, dict):
+        return {}
+    return {k: str(v.dtype).removeprefix("torch.") for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+_FLOAT_CODES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "float64", "float32", "float16", "bfloat16",
+                "float8_e4m3fn", "float8_e5m2"}
+
+
+def _origin(found: dict[str, tuple[Path, str]], name: str, prefix: str) -> tuple[Path, str] | None:
+    """Where the model's tensor ``name`` came from (transformers adds or strips the ``base_model_prefix``)."""
+    for key in (name, f"{prefix}.{name}" if prefix else name, name.removeprefix(f"{prefix}.") if prefix else name):
+        if key in found:
+            return found[key]
+    return None
+
+
+def check_loaded_weights(model: Any, folder: Path, found: dict[str, tuple[Path, str]]) -> None:
+    """Refuse a loaded model whose checkpoint stored an integer / bool tensor where the model holds a floating
+    one (transformers casts it silently), or whose floating tensors hold NaN / Inf. Names the file and tensor."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    state = model.state_dict()
+    for name, t in state.items():
+        origin = _origin(found, name, prefix)
+        if origin is not None and t.is_floating_point() and origin[1] not in _FLOAT_CODES:
+            raise CheckpointError(
+                f"{origin[0]}: tensor {name!r} is stored as {origin[1]} but the model expects floating-point "
+                f"weights ({str(t.dtype).removeprefix('torch.')}); it would be cast silently",
+                hint="the weight file is damaged or belongs to something else: copy the weights again or re-save "
+                "them from the original model")
+    for name, t in state.items():
+        origin = _origin(found, name, prefix)
+        source = origin[0] if origin else folder
+        check_finite(source, {name: t})
+
+
+def _describe_mismatch(item: Any) -> str:
+    """``name (file shape vs model shape)`` from one entry of transformers' ``mismatched_keys``."""
+    if isinstance(item, (tuple, list)) and len(item) == 3:
+        name, ckpt, expected = item
+        return f"{name} (file {list(ckpt)} vs config {list(expected)})"
+    return str(item)
 
 
 def load_tokenizer(path: str | Path, hint: str | None = None) -> Any:
@@ -40,8 +100,10 @@ def load_tokenizer(path: str | Path, hint: str | None = None) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"no usable tokenizer in {path}: {str(exc).strip().splitlines()[0][:300]}",
+    except Exception as exc:  # tokenizers raises bare Exception for a garbage tokenizer.json
+        files = ", ".join(f.name for f in find_tokenizer_files(Path(path))) or "no tokenizer files"
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise CheckpointError(f"no usable tokenizer in {path} ({files}): {type(exc).__name__}: {detail}",
                               hint=hint or "check the tokenizer files (`embedkit inspect` lists what the folder "
                               "holds); training checkpoints often lack them: copy them from the base model") from None
 
@@ -51,22 +113,29 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
                what: str = "model") -> Any:
     """Load ``auto_class`` (default ``AutoModel``) from ``path`` offline; refuse pickle and silently random weights.
 
-    Raises :class:`CheckpointError` when the config is unreadable, a weight file is corrupt, shapes do not match
-    the config, weights are missing (transformers would initialize them at random; keys starting with one of
-    ``ignorable_missing`` are tolerated), or a ``.bin`` needs full unpickling and ``trust_pickle`` is false.
+    Raises :class:`CheckpointError` when the config is unreadable or has wrong key types, a weight file is corrupt
+    (or its index points outside the folder), shapes do not match the config, weights are missing (transformers
+    would initialize them at random; keys starting with one of ``ignorable_missing`` are tolerated), a tensor is
+    stored as integers where floats are expected or holds NaN / Inf, or a ``.bin`` needs full unpickling and
+    ``trust_pickle`` is false. Every message names the file (and the tensor where there is one).
     """
     from transformers import AutoConfig, AutoModel
 
     auto_class = auto_class or AutoModel
 
     folder = Path(path)
-    _check_headers(folder)
+    read_config(folder)  # JSON object, key types: precise errors before transformers' own
+    found = _check_headers(folder)
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"{folder}/config.json cannot be used: {str(exc).splitlines()[0]}",
+    except Exception as exc:  # noqa: BLE001 transformers / huggingface_hub raise many types for a bad config
+        detail = " ".join((str(exc).strip() or type(exc).__name__).split())[:400]
+        raise CheckpointError(f"{folder / 'config.json'} cannot be used: {detail}",
                               hint="fix config.json (it must be the model's transformers config)") from None
-    kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True}
+    # mismatched shapes come back in the loading info (and are refused below, naming the tensor), not as
+    # transformers' generic "look at the above report"
+    kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True, "config": config,
+                              "ignore_mismatched_sizes": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
@@ -101,13 +170,15 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
                if not k.startswith(ignorable_missing) and not k.endswith("embeddings.position_ids")]
     mismatched = info.get("mismatched_keys", [])
     if missing or mismatched:
-        example = missing[:5] or [str(m) for m in mismatched[:5]]
+        example = missing[:5] or [_describe_mismatch(m) for m in list(mismatched)[:5]]
+        files = ", ".join(sorted({p.name for p, _ in found.values()})) or "the weight files"
         raise CheckpointError(
-            f"{folder}: weights do not match the {what} in config.json ({len(missing)} missing, {len(mismatched)} "
-            f"with other shapes, e.g. {', '.join(map(str, example))}); transformers would fill them with random "
-            "values",
+            f"{folder}: weights ({files}) do not match the {what} in config.json ({len(missing)} missing, "
+            f"{len(mismatched)} with other shapes, e.g. {', '.join(map(str, example))}); transformers would fill "
+            "them with random values",
             hint="check that config.json belongs to these weights (`embedkit inspect` shows both)",
         )
+    check_loaded_weights(model, folder, found)
     model.eval()
     if device is not None:
         model.to(device)

@@ -41,7 +41,8 @@ def head_files(folder: str | Path, name: str) -> list[Path]:
 
 
 def check_linear_head(path: Path, sd: dict[str, Any], hidden_size: int | None, out_features: int | None) -> None:
-    """Raise :class:`CheckpointError` unless ``sd`` is a ``Linear(hidden_size, out_features)`` state dict."""
+    """Raise :class:`CheckpointError` unless ``sd`` is a floating ``Linear(hidden_size, out_features)`` state dict
+    (NaN / Inf are refused when the file is read, by :func:`~embedkit.checkpoint.safe_load.load_state_dict`)."""
     keys = set(sd)
     if keys != {"weight", "bias"}:
         raise CheckpointError(
@@ -49,6 +50,10 @@ def check_linear_head(path: Path, sd: dict[str, Any], hidden_size: int | None, o
             f"{sorted(keys)[:6] or 'nothing'}",
             hint="write it with torch.save(linear.state_dict(), path), as FlagEmbedding does")
     weight, bias = sd["weight"], sd["bias"]
+    for key, t in (("weight", weight), ("bias", bias)):
+        if not getattr(t, "is_floating_point", lambda: False)():
+            raise CheckpointError(f"{path}: {key} is {getattr(t, 'dtype', type(t).__name__)}, expected floating-point",
+                                  hint="the file is not a bge-m3 head: copy it again from the base model")
     w_shape, b_shape = tuple(weight.shape), tuple(bias.shape)
     if len(w_shape) != 2 or b_shape != (w_shape[0],):
         raise CheckpointError(f"{path}: weight {w_shape} and bias {b_shape} do not form a Linear layer",

@@ -8,8 +8,10 @@ unpickling (arbitrary classes, i.e. arbitrary code) is refused unless the caller
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import pickle
 import re
 import struct
@@ -68,21 +70,64 @@ def read_safetensors_header(path: str | Path) -> dict[str, dict[str, Any]]:
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     header.pop("__metadata__", None)
     data_len = size - 8 - n
+    spans = []
     for name, info in header.items():
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1] <= data_len):
             raise CheckpointError(f"{path}: tensor {name!r} has bad data_offsets or points past the end (truncated?)",
                                   hint="the file is incomplete: copy or re-save it")
+        dtype, shape = info.get("dtype"), info.get("shape")
+        if dtype not in SAFETENSORS_ITEMSIZE:
+            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}",
+                                  hint="the file is damaged or not safetensors: copy or re-save it")
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape {shape!r}",
+                                  hint="the file is damaged: copy or re-save it")
+        expected = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
+        if offsets[1] - offsets[0] != expected:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} declares shape {shape} x {dtype} ({expected} bytes) but its data_offsets "
+                f"span {offsets[1] - offsets[0]} bytes", hint="the file is damaged: copy or re-save it")
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):
+        if start < end:
+            raise CheckpointError(f"{path}: tensors {a!r} and {b!r} overlap in the file",
+                                  hint="the file is damaged: copy or re-save it")
     return header
 
 
-def load_state_dict(path: str | Path, *, trust_pickle: bool = False, map_location: str = "cpu") -> dict[str, Any]:
+SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                        "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+"""Bytes per element of each safetensors dtype code."""
+
+
+def check_finite(source: str | Path, tensors: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` naming ``source`` and the tensor when a floating tensor holds NaN or Inf.
+
+    One ``torch.isfinite(t).all()`` per floating tensor; integer and bool tensors are skipped.
+    """
+    import torch
+
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.numel() \
+                and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(
+                f"{source}: tensor {name!r} holds {bad} NaN/Inf value(s) of {t.numel()}; every vector computed "
+                "with it would be NaN", hint="the weights are damaged (or a training run diverged): use an "
+                "earlier checkpoint or copy the weights again")
+
+
+def load_state_dict(path: str | Path, *, trust_pickle: bool = False, map_location: str = "cpu",
+                    finite: bool = True) -> dict[str, Any]:
     """Load a state dict from ``.safetensors`` or (safely) from a pickle-based ``.bin`` / ``.pt`` / ``.pth``.
 
     Pickle-based files go through ``torch.load(weights_only=True)``; a file that needs more (arbitrary classes,
     i.e. arbitrary code) raises :class:`CheckpointError` unless ``trust_pickle=True``. A ``{"state_dict": ...}``
-    wrapper is unwrapped.
+    wrapper is unwrapped. With ``finite`` (the default) a floating tensor holding NaN / Inf raises
+    :class:`CheckpointError` naming the file and the tensor.
 
     Example:
         >>> sd = load_state_dict("colbert_linear.pt")   # torch.load(weights_only=True) under the hood
@@ -94,15 +139,18 @@ def load_state_dict(path: str | Path, *, trust_pickle: bool = False, map_locatio
 
         read_safetensors_header(path)
         try:
-            return load_file(str(path), device=map_location)
+            obj = load_file(str(path), device=map_location)
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: cannot read safetensors ({exc})", hint="copy or re-save it") from None
-    obj = _load_torch(path, trust_pickle=trust_pickle, map_location=map_location)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}",
-                              hint="pass a file written with torch.save(model.state_dict(), ...) or safetensors")
+    else:
+        obj = _load_torch(path, trust_pickle=trust_pickle, map_location=map_location)
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}",
+                                  hint="pass a file written with torch.save(model.state_dict(), ...) or safetensors")
+    if finite:
+        check_finite(path, obj)
     return obj
 
 

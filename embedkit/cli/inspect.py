@@ -6,6 +6,7 @@ import json
 
 import typer
 
+from ..errors import CheckpointError
 from .app import app
 
 
@@ -18,6 +19,8 @@ def inspect_command(
     shards, ONNX export), its parameters and dtype, the resolved spec and who decided each field, what is missing
     for inference, what can be dropped, and the commands to run next.
 
+    Exits 2 (after printing the report) when the folder has problems: files the loaders would refuse.
+
     Example: embedkit inspect out/checkpoint-500 --json
     """
     from ..checkpoint.inspect import inspect_folder
@@ -25,8 +28,13 @@ def inspect_command(
     report = inspect_folder(folder)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True, ensure_ascii=False))
-        return
-    _print_report(report)
+    else:
+        _print_report(report)
+    if report.problems:  # the report is printed; the exit status says the folder cannot be used as it is
+        more = f" (+{len(report.problems) - 1} more, listed above)" if len(report.problems) > 1 else ""
+        raise CheckpointError(f"{report.path} is not ready for inference: {report.problems[0]}{more}",
+                              hint="fix each problem listed (or copy the damaged files again from the model's "
+                              "source), then run `embedkit inspect` again")
 
 
 def _short_count(n: int) -> str:
@@ -106,5 +114,7 @@ def _print_report(report) -> None:
         console.print("[bold]next steps:[/bold]")
         for i, step in enumerate(report.next_steps, 1):
             console.print(f"  {i}. {escape(step)}", soft_wrap=True)
-    else:
+    if report.problems:
+        console.print(f"[red]not ready for inference: {len(report.problems)} problem(s) listed above[/red]")
+    elif not report.next_steps:
         console.print("[green]nothing to do: the folder is ready for inference[/green]")

@@ -452,8 +452,41 @@ def _m3_model(encoder: Any, path: Path, spec: EmbedderSpec, tokenizer: Any, mode
                            self_distill_start_step=model_args.self_distill_start_step, **common)
 
 
+_RESUME_PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+_RESUME_NOT_LOADED = ("training_args.bin",)  # written by Trainer, never read back on resume
+
+
+def check_resume_checkpoint(folder: str | Path, *, trust_pickle: bool = False) -> Path:
+    """Refuse to resume from ``folder`` when one of its ``.pt`` / ``.pth`` / ``.bin`` files (optimizer, scheduler,
+    scaler, RNG state, DeepSpeed shards...) needs more than ``torch.load(weights_only=True)``: such a file can run
+    code when the Trainer (or DeepSpeed) loads it. ``trust_pickle`` skips the check. Returns the folder.
+
+    Raises :class:`~embedkit.errors.CheckpointError` naming the file, or the folder when it does not exist.
+    """
+    from transformers.trainer_pt_utils import safe_globals
+
+    from ..checkpoint.safe_load import load_pickle
+    from ..errors import CheckpointError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {folder}: no such checkpoint folder",
+                              hint="pass a checkpoint-N folder written by a previous run (under --output_dir)")
+    if trust_pickle:
+        return folder
+    for path in sorted(folder.rglob("*")):
+        if path.suffix in _RESUME_PICKLE_SUFFIXES and path.name not in _RESUME_NOT_LOADED and path.is_file():
+            with safe_globals():  # the numpy types Trainer itself allows for RNG states
+                load_pickle(path)  # CheckpointError naming the file when it needs full unpickling
+    return folder
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments) -> Path:
-    """Train, then save the final model to ``OUTPUT/model`` (and ``OUTPUT/adapter`` / ``OUTPUT/merged`` with LoRA)."""
+    """Train, then save the final model to ``OUTPUT/model`` (and ``OUTPUT/adapter`` / ``OUTPUT/merged`` with LoRA).
+
+    A ``--resume_from_checkpoint`` folder is checked first (:func:`check_resume_checkpoint`)."""
+    if isinstance(train_args.resume_from_checkpoint, (str, Path)):
+        check_resume_checkpoint(train_args.resume_from_checkpoint, trust_pickle=model_args.trust_pickle)
     trainer, summary = build_trainer(model_args, data_args, train_args)
     out = Path(train_args.output_dir)
     if trainer.is_world_process_zero():
