@@ -307,10 +307,10 @@ def m3_arrays(result: dict[str, Any], colbert_dim: int | None = None) -> dict[st
 
 def save_m3_npz(path: str | Path, result: dict[str, Any], colbert_dim: int | None = None) -> Path:
     """Write :func:`m3_arrays` of ``result`` to ``path`` (``.npz``, uncompressed) atomically; return the path."""
-    from ._io import atomic_write
+    from .textio import writing
 
     path = Path(path)
-    with atomic_write(path) as fh:
+    with writing(path) as fh:
         np.savez(fh, **m3_arrays(result, colbert_dim))
     return path
 
@@ -319,10 +319,10 @@ def save_lexical_jsonl(path: str | Path, lexical_weights: Sequence[LexicalWeight
     """One ``{"token_id": weight}`` JSON object per text (input order), written atomically; return the path."""
     import json
 
-    from ._io import atomic_write
+    from .textio import writing
 
     path = Path(path)
-    with atomic_write(path, "w") as fh:
+    with writing(path, mode="w") as fh:
         for weights in lexical_weights:
             fh.write(json.dumps({k: float(v) for k, v in weights.items()}) + "\n")
     return path
