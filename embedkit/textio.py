@@ -101,7 +101,7 @@ def iter_jsonl(path: str | Path, *, problems: list[str] | None = None, what: str
         except RecursionError:
             problem = "invalid JSON (nested too deeply)"
         if problem is None and _ESCAPED_SURROGATE.search(line) and _lone_surrogate(obj):
-            problem = "a string holds an unpaired UTF-16 surrogate escape (\\ud800-\\udfff)"
+            problem = "unpaired UTF-16 surrogate escape in a string (\\ud800-\\udfff alone)"
         if problem is None:
             yield lineno, obj
         elif problems is not None:
