@@ -115,7 +115,7 @@ def _safe_prefix(tokenizer: Any, text: str, cut: int, kept: int, guard: int) -> 
         if words:
             last = max(words)
             safe = 0
-            for w, (_, end) in zip(word_ids, enc["offset_mapping"]):
+            for w, (_, end) in zip(word_ids, enc["offset_mapping"], strict=True):
                 if w is None or w >= last or end > cut - guard:
                     break
                 safe += 1

@@ -13,8 +13,7 @@ import torch
 
 from . import pooling
 from .backends.torch_backend import TorchBackend, resolve_dtype
-from .batching import (batches, chars_per_token, cut_to_budget, length_sorted_order, pad_features,
-                       token_budget_batches)
+from .batching import batches, chars_per_token, cut_to_budget, length_sorted_order, pad_features, token_budget_batches
 from .checkpoint.layout import check_model_folder
 from .errors import CheckpointError, EmbedkitError, SpecError
 from .models import resolve_model_path

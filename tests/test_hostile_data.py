@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from embedkit import Embedder
+from embedkit.batching import chars_per_token
 from embedkit.cli import main
-from embedkit.errors import DataError, EmbedkitError
+from embedkit.errors import DataError
 from embedkit.eval import load_eval_data
 from embedkit.textio import read_lines, read_texts, save_npy
 from embedkit.train.data import load_train_data
@@ -233,8 +234,7 @@ def test_m3_non_finite_output_raises_naming_the_input_row(tmp_path):
 # ------------------------------------------------------------------ 4. a character budget before tokenizing
 def _budget_texts(model: Embedder, max_length: int) -> list[str]:
     """Texts just under, at and over the character budget, and the cases a naive cut would get wrong."""
-    chars, _ = model._char_budget if getattr(model, "_char_budget", None) else __import__(
-        "embedkit.batching", fromlist=["x"]).chars_per_token(model.tokenizer)
+    chars, _ = chars_per_token(model.tokenizer)
     limit = max_length * chars
     words = "the quick brown fox jumps over lazy dog 中文 hello, world! émigré naïve "
     base = (words * (limit // len(words) + 3))

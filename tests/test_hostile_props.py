@@ -24,8 +24,8 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 _PIECES = [b"\n", b"\r\n", b"\r", b"\x0c", b"\xe2\x80\xa8", b"\xc2\x85", b"\xef\xbb\xbf", b"\xff", b"\xc3", b"\x00",
            b"\t", b"{", b"}", b"[", b"]", b'"', b":", b",", b'"id"', b'"_id"', b'"text"', b'"title"', b'"qid"',
            b'"docid"', b'"relevance"', b'"query"', b'"pos"', b'"neg"', b'"pos_scores"', b'"neg_scores"',
-           b"1", b"-1", b"0", b"NaN", b"Infinity", b"1e999", b"9" * 5000, b"[" * 3000, b'"\\ud800"', b'"\\ud83d\\ude00"',
-           b"null", b"true", b'"a"', b"query-id\tcorpus-id\tscore", b"\xc2\xb2", b"\xd9\xa1"]
+           b"1", b"-1", b"0", b"NaN", b"Infinity", b"1e999", b"9" * 5000, b"[" * 3000, b'"\\ud800"',
+           b'"\\ud83d\\ude00"', b"null", b"true", b'"a"', b"query-id\tcorpus-id\tscore", b"\xc2\xb2", b"\xd9\xa1"]
 hostile_bytes = st.one_of(
     st.binary(max_size=300),
     st.lists(st.sampled_from(_PIECES), max_size=40).map(b"".join),
