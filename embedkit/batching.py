@@ -1,8 +1,9 @@
-"""Token-length sorted batching, padding, and restoring the input order."""
+"""The features stage: cutting over-long texts before tokenizing, token-length sorted batching, padding."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,3 +82,62 @@ def token_budget_batches(order: np.ndarray, lengths: Sequence[int], max_tokens: 
         size = max(1, min(cap, max_tokens // longest))
         yield order[start:start + size]
         start += size
+
+
+def chars_per_token(tokenizer: Any) -> tuple[int, int]:
+    """``(chars, guard)`` for the character budget of :func:`cut_to_budget`.
+
+    ``chars``: a generous bound on the characters one token covers (the longest vocabulary string, at least 16,
+    plus 8 for whitespace and characters that make no token); ``guard``: one more than the longest added token, so
+    a cut inside an added token (``[MASK]``, ``<s>``...) is never trusted.
+    """
+    try:
+        longest = max((len(t) for t in tokenizer.get_vocab()), default=0)
+        added = max((len(t) for t in tokenizer.get_added_vocab()), default=0)
+    except (AttributeError, NotImplementedError, TypeError):
+        longest, added = 0, 32
+    return max(16, longest) + 8, added + 1
+
+
+def _safe_prefix(tokenizer: Any, text: str, cut: int, kept: int, guard: int) -> str:
+    """The shortest ``text[:cut * 2**k]`` whose first ``kept`` tokens are exactly those of ``text``, else ``text``.
+
+    Tokens are trusted when they come from a word (pre-tokenizer split) before the prefix's last word, which the cut
+    may have shortened, and end at least ``guard`` characters before the cut: tokenizers work word by word after
+    local normalization, so those tokens are the same in the whole text.
+    """
+    while cut < len(text):
+        prefix = text[:cut]
+        enc = tokenizer(prefix, add_special_tokens=False, truncation=False, padding=False, verbose=False,
+                        return_offsets_mapping=True)
+        word_ids = enc.word_ids()
+        words = [w for w in word_ids if w is not None]
+        if words:
+            last = max(words)
+            safe = 0
+            for w, (_, end) in zip(word_ids, enc["offset_mapping"], strict=True):
+                if w is None or w >= last or end > cut - guard:
+                    break
+                safe += 1
+                if safe >= kept:
+                    return prefix
+        cut *= 2
+    return text
+
+
+def cut_to_budget(tokenizer: Any, texts: list[str], max_length: int, budget: tuple[int, int]) -> list[str]:
+    """Cut texts longer than ``max_length * chars`` characters before tokenizing them (as text-embeddings-inference
+    does), so a 50 MB line costs what its first few thousand characters cost; ``budget`` is
+    :func:`chars_per_token`.
+
+    Never changes a result: a cut is kept only when the first ``max_length`` tokens (special tokens included) of the
+    prefix are provably those of the whole text (see :func:`_safe_prefix`); otherwise the prefix doubles. Slow
+    (Python) tokenizers and left truncation get the texts unchanged.
+    """
+    chars, guard = budget
+    limit = max_length * chars
+    if (all(len(t) <= limit for t in texts) or not getattr(tokenizer, "is_fast", False)
+            or getattr(tokenizer, "truncation_side", "right") != "right"):
+        return texts
+    kept = max(0, max_length - tokenizer.num_special_tokens_to_add(pair=False))
+    return [_safe_prefix(tokenizer, t, limit, kept, guard) if len(t) > limit else t for t in texts]

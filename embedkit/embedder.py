@@ -13,9 +13,9 @@ import torch
 
 from . import pooling
 from .backends.torch_backend import TorchBackend, resolve_dtype
-from .batching import batches, length_sorted_order, pad_features, token_budget_batches
+from .batching import batches, chars_per_token, cut_to_budget, length_sorted_order, pad_features, token_budget_batches
 from .checkpoint.layout import check_model_folder
-from .errors import CheckpointError, SpecError
+from .errors import CheckpointError, EmbedkitError, SpecError
 from .models import resolve_model_path
 from .precision import DEFAULT_GATE, GATE_TEXTS, cached_verdict, store_verdict
 from .spec import EmbedderSpec, load_spec, model_token_limit
@@ -36,6 +36,31 @@ def _check_texts(texts: Any) -> tuple[list[str], bool]:
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str (convert or drop it before encoding)")
     return items, False
+
+
+class NonFiniteOutputError(EmbedkitError):
+    """The model produced a NaN or infinite value for an input: nothing is returned or written for it."""
+
+
+def check_finite(values: torch.Tensor | np.ndarray, rows: np.ndarray, what: str = "vector") -> None:
+    """Raise :class:`NonFiniteOutputError` naming the first input row (original order) whose output in this batch
+    holds a NaN or an infinity. ``values`` has one leading entry per row of ``rows``; one check per batch."""
+    if isinstance(values, torch.Tensor):
+        bad = ~torch.isfinite(values)
+        if not bool(bad.any()):
+            return
+        first = int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0, 0])
+    else:
+        bad = ~np.isfinite(values)
+        if not bad.any():
+            return
+        first = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(1))[0])
+    count = int(bad.reshape(bad.shape[0], -1).any(1).sum())
+    row = int(rows[first])
+    raise NonFiniteOutputError(
+        f"the model produced a non-finite {what} (NaN or infinity) for input row {row}"
+        f"{f' and {count - 1} other row(s) of its batch' if count > 1 else ''}; nothing was written",
+        hint="check the model's weights (embedkit inspect) or use precision='fp32' (fp16 / bf16 can overflow)")
 
 
 class Embedder:
@@ -170,7 +195,11 @@ class Embedder:
             reference = self.encode(list(GATE_TEXTS), show_progress=False)
             self.backend.model.to(resolve_dtype(choice.precision))
             self.backend.dtype = resolve_dtype(choice.precision)
-            verdict = judge(reference, self.encode(list(GATE_TEXTS), show_progress=False), gate)
+            try:
+                verdict = judge(reference, self.encode(list(GATE_TEXTS), show_progress=False), gate)
+            except NonFiniteOutputError:  # e.g. fp16 overflow: the precision fails its gate
+                verdict = {"passed": False, "mean_cosine": 0.0, "min_cosine": 0.0, "gate": list(gate),
+                           "texts": len(GATE_TEXTS), "non_finite": True}
             store_verdict(key, verdict)
             if not verdict["passed"]:
                 self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
@@ -273,9 +302,16 @@ class Embedder:
 
     # ------------------------------------------------------------------ core
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
-        """Tokenize without padding, truncating at ``max_length`` (as FlagEmbedding does)."""
+        """Tokenize without padding, truncating at ``max_length`` (as FlagEmbedding does).
+
+        Texts far longer than ``max_length`` tokens can be are cut to a character budget first
+        (:func:`embedkit.batching.cut_to_budget`: same tokens, a fraction of the time and memory)."""
         if not texts:
             return {"input_ids": [], "attention_mask": []}
+        budget = getattr(self, "_char_budget", None)
+        if budget is None:
+            budget = self._char_budget = chars_per_token(self.tokenizer)
+        texts = cut_to_budget(self.tokenizer, texts, max_length, budget)
         enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
@@ -333,9 +369,12 @@ class Embedder:
         with self._progress(len(out), batch_size, show_progress) as bar:
             for rows, padded in self._padded_batches(features, batch_size):
                 if pooled:  # the graph ends in embedkit.pooling.embed, traced with this spec
-                    out[rows] = self.backend.forward(padded)
+                    vecs = np.asarray(self.backend.forward(padded))
+                    check_finite(vecs, rows, "vector")
+                    out[rows] = vecs
                 else:
                     hidden, mask = self.backend.forward(padded)
                     vecs = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim)
+                    check_finite(vecs, rows, "vector")
                     out[rows] = vecs.float().cpu().numpy()
                 bar.update(len(rows))

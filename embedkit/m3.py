@@ -34,7 +34,7 @@ import torch
 from . import pooling
 from .batching import batches, pad_features
 from .checkpoint.m3_heads import COLBERT, MISSING_HEAD_HINT, SPARSE, load_head, write_head
-from .embedder import Embedder, _check_texts
+from .embedder import Embedder, _check_texts, check_finite
 from .errors import CheckpointError, DataError, SpecError
 from .spec import EmbedderSpec
 
@@ -307,10 +307,10 @@ def m3_arrays(result: dict[str, Any], colbert_dim: int | None = None) -> dict[st
 
 def save_m3_npz(path: str | Path, result: dict[str, Any], colbert_dim: int | None = None) -> Path:
     """Write :func:`m3_arrays` of ``result`` to ``path`` (``.npz``, uncompressed) atomically; return the path."""
-    from ._io import atomic_write
+    from .textio import writing
 
     path = Path(path)
-    with atomic_write(path) as fh:
+    with writing(path) as fh:
         np.savez(fh, **m3_arrays(result, colbert_dim))
     return path
 
@@ -319,10 +319,10 @@ def save_lexical_jsonl(path: str | Path, lexical_weights: Sequence[LexicalWeight
     """One ``{"token_id": weight}`` JSON object per text (input order), written atomically; return the path."""
     import json
 
-    from ._io import atomic_write
+    from .textio import writing
 
     path = Path(path)
-    with atomic_write(path, "w") as fh:
+    with writing(path, mode="w") as fh:
         for weights in lexical_weights:
             fh.write(json.dumps({k: float(v) for k, v in weights.items()}) + "\n")
     return path
@@ -482,6 +482,17 @@ class M3Embedder(Embedder):
                              unused_token_ids=self.unused_token_ids)
         return out, mask
 
+    @staticmethod
+    def _check_finite(out: M3Output, mask: torch.Tensor, rows: np.ndarray) -> None:
+        """No NaN / infinity in what is returned (padding positions excluded): raise naming the input row."""
+        real = mask.bool()
+        if out.dense is not None:
+            check_finite(out.dense, rows, "dense vector")
+        if out.token_weights is not None:
+            check_finite(torch.where(real, out.token_weights, 0), rows, "lexical weight")
+        if out.colbert is not None:
+            check_finite(torch.where(real[:, 1:, None], out.colbert, 0), rows, "ColBERT vector")
+
     def _encode_m3(self, texts: Any, format_fn: Any, max_length: Any, batch_size: int | None,
                    show_progress: bool | None, flags: tuple[bool | None, ...]) -> dict[str, Any]:
         items, single = _check_texts(texts)
@@ -496,7 +507,8 @@ class M3Embedder(Embedder):
         if n:
             with self._progress(n, batch_size, show_progress) as bar:
                 for rows, padded in self._padded_batches(features, batch_size):
-                    out, _ = self._forward(padded, dense=dense, sparse=sparse, colbert=colbert)
+                    out, mask = self._forward(padded, dense=dense, sparse=sparse, colbert=colbert)
+                    self._check_finite(out, mask, rows)
                     real = padded["attention_mask"] > 0
                     if dense_out is not None:
                         dense_out[rows] = out.dense.float().cpu().numpy()

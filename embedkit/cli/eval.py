@@ -30,7 +30,8 @@ def eval_command(
     k: str = typer.Option("1,3,5,10,100", "--k", help="Cut-offs, comma-separated."),
     compare: str | None = typer.Option(None, help="A second model, evaluated on the same data (with deltas)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write a markdown report here."),
-    plot: Path | None = typer.Option(None, help="Bar chart PNG (default with --compare: next to --output or ./)."),
+    plot: Path | None = typer.Option(None, help="Bar chart PNG (default with --compare and --output: "
+                                     "eval_comparison.png next to --output; never the working directory)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     batch_size: int | None = typer.Option(None, "--batch-size", "-b", min=1, help="Texts per forward pass."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse cached corpus embeddings."),
@@ -52,8 +53,8 @@ def eval_command(
     if output:
         with atomic_write(output, "w") as fh:
             fh.write(markdown_report(results))
-    if compare and plot is None:
-        plot = (output.parent if output else Path(".")) / "eval_comparison.png"
+    if compare and plot is None and output is not None:  # never into the working directory unasked
+        plot = output.parent / "eval_comparison.png"
     if plot:
         plot_comparison(results, plot)
     if as_json:

@@ -13,6 +13,8 @@ Queries without any relevant document are dropped (as BEIR does) and counted.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,27 +129,38 @@ def load_eval_data(folder: str | Path, split: str = "test") -> EvalData:
                     files={"corpus": corpus_path, "queries": queries_path, "qrels": qrels_path})
 
 
+_INT = re.compile(r"-?[0-9]+")
+
+
 def _read_qrels(path: Path) -> list[tuple[str, str, str, int]]:
     out = []
     if path.suffix == ".tsv":
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for lineno, line in enumerate(lines, start=1):
+        from ..textio import read_lines
+
+        for lineno, line in enumerate(read_lines(path, "evaluation file"), start=1):
             parts = line.split("\t")
-            if lineno == 1 and not parts[-1].strip().lstrip("-").isdigit():
+            if lineno == 1 and not _INT.fullmatch(parts[-1].strip()):
                 continue  # header
             if not line.strip():
                 continue
-            if len(parts) != 3 or not parts[2].strip().lstrip("-").isdigit():
-                raise DataError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score'")
+            if len(parts) != 3 or not _INT.fullmatch(parts[2].strip()):
+                raise DataError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score' (an integer score)",
+                                hint="BEIR qrels: a header line, then one tab-separated judgement per line")
+            if len(parts[2].strip()) > 18:
+                raise DataError(f"{path}:{lineno}: score {parts[2].strip()[:40]!r} is out of range",
+                                hint="relevance scores are small integers (0, 1, 2...)")
             out.append((f"{path}:{lineno}", parts[0].strip(), parts[1].strip(), int(parts[2])))
         return out
     for lineno, obj in _jsonl(path):
         where = f"{path}:{lineno}"
         qid, docid = obj.get("qid", obj.get("query-id")), obj.get("docid", obj.get("corpus-id"))
         rel = obj.get("relevance", obj.get("score", 1))
-        if qid is None or docid is None:
-            raise DataError(f"{where}: needs 'qid' and 'docid'", hint='{"qid": ..., "docid": ..., "relevance": 1}')
-        if isinstance(rel, bool) or not isinstance(rel, (int, float)) or int(rel) != rel:
-            raise DataError(f"{where}: 'relevance' must be an integer, got {rel!r}")
+        if qid is None or docid is None or isinstance(qid, (dict, list)) or isinstance(docid, (dict, list)):
+            raise DataError(f"{where}: needs 'qid' and 'docid' (strings or numbers)",
+                            hint='{"qid": ..., "docid": ..., "relevance": 1}')
+        if (isinstance(rel, bool) or not isinstance(rel, (int, float)) or abs(rel) > 2**62
+                or not math.isfinite(rel) or int(rel) != rel):
+            raise DataError(f"{where}: 'relevance' must be an integer, got {rel!r}",
+                            hint="relevance scores are small integers (0, 1, 2...)")
         out.append((where, str(qid), str(docid), int(rel)))
     return out

@@ -212,7 +212,7 @@ def plot_comparison(results: list[EvalResult], png: str | Path, labels: list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .._io import atomic_write
+    from ..textio import writing
 
     labels = labels or [r.model for r in results]
     metrics = tuple(m for m in (metrics or main_metrics(results[0].metrics)) if all(m in r.metrics for r in results))
@@ -231,7 +231,9 @@ def plot_comparison(results: list[EvalResult], png: str | Path, labels: list[str
     ax.legend(fontsize=8)
     fig.tight_layout()
     png = Path(png)
-    with atomic_write(png) as fh:
-        fig.savefig(fh, format="png")
-    plt.close(fig)
+    try:
+        with writing(png, "plot") as fh:
+            fig.savefig(fh, format="png")
+    finally:
+        plt.close(fig)
     return png

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -160,6 +161,40 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
+def _quantize_in_scratch(quantize: Any, fp32_path: Path, out_path: Path, **options: Any) -> None:
+    """Run onnxruntime's ``quantize_dynamic`` so that every file it writes lands in a scratch folder.
+
+    The quantizer writes a ``-inferred`` copy of its input next to the input, and onnxruntime's shape tools can
+    save ``sym_shape_infer_temp.onnx`` plus a weights ``*.data`` file into the *working directory*: the input is
+    linked (or copied) into a :class:`tempfile.TemporaryDirectory` beside ``out_path``, the quantizer reads and
+    writes there, and only the finished graph is moved to ``out_path``. No ``chdir`` (process-global).
+    """
+    import tempfile
+
+    import onnx
+
+    external = {t.external_data[i].value for t in onnx.load(str(fp32_path), load_external_data=False).graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL
+                for i in range(len(t.external_data)) if t.external_data[i].key == "location"}
+    with tempfile.TemporaryDirectory(prefix=".embedkit-quantize-", dir=out_path.parent) as scratch_dir:
+        scratch = Path(scratch_dir)
+        src, dst = scratch / fp32_path.name, scratch / "quantized.onnx"
+        for name, target in [(fp32_path, src)] + [(fp32_path.parent / e, scratch / e) for e in sorted(external)]:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(name, target)
+            except OSError:
+                shutil.copyfile(name, target)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer logs every node through the root logger
+        try:
+            quantize(str(src), str(dst), use_external_data_format=False, **options)
+        finally:
+            root.setLevel(level)
+        os.replace(dst, out_path)
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, reference: np.ndarray, feed: dict[str, np.ndarray], *,
                   min_cosine: float, min_cosine_floor: float) -> dict[str, Any]:
     """Dynamic int8 quantization (per-channel weights), trying candidates from fastest to most careful; keep the
@@ -177,14 +212,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, reference: np.ndarray, feed: 
         if exclude in seen:
             continue  # this architecture names its nodes otherwise: same as a candidate already tried
         seen.add(exclude)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # the quantizer logs every node through the root logger
-        try:
-            quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
+        _quantize_in_scratch(quantize_dynamic, fp32_path, out_path, weight_type=QuantType.QInt8, per_channel=True,
                              nodes_to_exclude=list(exclude))
-        finally:
-            root.setLevel(level)
         vecs = _session(out_path).run(None, feed)[0]
         cos = _cosines(vecs, reference)
         result = {"settings": label, "excluded_nodes": len(exclude), "mean_cosine": round(float(cos.mean()), 6),

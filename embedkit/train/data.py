@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ def _scores(row: dict[str, Any], key: str, n: int, of: str) -> list[float] | str
     value = row[key]
     if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         return f"'{key}' must be a list of numbers"
+    if not all(abs(x) <= 1e300 and math.isfinite(x) for x in value):
+        return f"'{key}' holds a non-finite number (NaN or Infinity)"
     if len(value) != n:
         return f"'{key}' has {len(value)} scores but '{of}' has {n} passages"
     return [float(x) for x in value]
