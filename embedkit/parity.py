@@ -2,9 +2,10 @@
 
 Engines (each only when available): embedkit's PyTorch backend (the reference), the ONNX export (fp32 and int8),
 sentence-transformers (when installed and the folder has its layout), FlagEmbedding's ``FlagModel`` (when
-installed; cls / mean pooling), and the standalone recipe (:mod:`embedkit.recipe`, run as a script in a fresh Python
-process: see :func:`run_recipe`). Each encodes queries (with the query instruction) and passages. When an engine disagrees with the reference, embedkit re-encodes with one spec
-field changed at a time (pooling, normalization, instruction, max length, fp16) and says which change explains it.
+installed; cls / mean pooling), and the standalone recipe (:mod:`embedkit.recipe`, run as a script in a fresh
+Python process: see :func:`run_recipe`). Each encodes queries (with the query instruction) and passages. When an
+engine disagrees with the reference, embedkit re-encodes with one spec field changed at a time (pooling,
+normalization, instruction, max length, fp16) and says which change explains it.
 """
 
 from __future__ import annotations
@@ -171,8 +172,9 @@ def run_recipe(code: str, texts: list[str], *, timeout: float = RECIPE_TIMEOUT) 
             proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, errors="replace", timeout=timeout,
                                   check=False)
         except subprocess.TimeoutExpired:
-            raise EmbedkitError(f"the recipe script did not finish within {timeout:g} s",
-                                hint="run `embedkit recipe MODEL > r.py && python r.py` to see where it stops") from None
+            raise EmbedkitError(
+                f"the recipe script did not finish within {timeout:g} s",
+                hint="run `embedkit recipe MODEL > r.py && python r.py` to see where it stops") from None
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             raise EmbedkitError(f"the recipe script failed (exit {proc.returncode}): "

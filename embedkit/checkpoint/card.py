@@ -45,6 +45,20 @@ def _markdown_line(value: Any) -> str:
     return _one_line(value)
 
 
+def _yaml_string(value: Any) -> str:
+    """A YAML double-quoted scalar on one line: ``\\`` and ``"`` escaped, every non-printable character too."""
+    out = []
+    for c in str(value):
+        n = ord(c)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+    return '"' + "".join(out) + '"'
+
+
 def _fence(code: str) -> str:
     """A code-fence longer than any backtick run in ``code`` (so a string literal cannot close the block)."""
     longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
@@ -64,7 +78,7 @@ def model_card(spec: EmbedderSpec, *, name: str, source: str | None = None, base
     lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
              "tags: [embedkit, sentence-transformers, feature-extraction, sentence-similarity]"]
     if base_model:
-        lines.append(f"base_model: {json.dumps(str(base_model))}")  # a JSON string is a YAML scalar, on one line
+        lines.append(f"base_model: {_yaml_string(base_model)}")
     lines += ["---", "", f"# {_text(name)}", "",
               "Text-embedding model saved by [embedkit](https://pypi.org/project/embedkit/)."]
     facts = [("source", source), ("base model", base_model), ("architecture", architecture), ("dtype", dtype),
