@@ -175,6 +175,15 @@ def _code_blocks(card: str) -> list[str]:
     return blocks
 
 
+def test_markup_in_spec_values_is_printed_as_text(tiny_bert, tmp_path, capsys):
+    """The CLI's rich output shows folder names and spec values as text (``[/]`` used to crash ``embedkit spec``)."""
+    folder = save(tiny_bert, tmp_path / "[bold]m[/]", pooling="cls", normalize=True,
+                  query_instruction="[/] [red]q", max_length=32).path
+    assert main(["spec", str(folder)]) == 0
+    assert "'[/] [red]q'" in capsys.readouterr().out
+    assert main(["inspect", str(folder)]) == 0
+
+
 # ---------------------------------------------------------------------- a hostile spec value
 @pytest.mark.parametrize("payload", [VALUE_PAYLOAD, VALUE_PAYLOAD_ENV])
 def test_lower_case_payload_is_a_clean_spec_error(saved, tmp_path, payload):
