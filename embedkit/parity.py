@@ -2,9 +2,10 @@
 
 Engines (each only when available): embedkit's PyTorch backend (the reference), the ONNX export (fp32 and int8),
 sentence-transformers (when installed and the folder has its layout), FlagEmbedding's ``FlagModel`` (when
-installed; cls / mean pooling), and the standalone recipe (:mod:`embedkit.recipe`). Each encodes queries (with the
-query instruction) and passages. When an engine disagrees with the reference, embedkit re-encodes with one spec
-field changed at a time (pooling, normalization, instruction, max length, fp16) and says which change explains it.
+installed; cls / mean pooling), and the standalone recipe (:mod:`embedkit.recipe`, run as a script in a fresh
+Python process: see :func:`run_recipe`). Each encodes queries (with the query instruction) and passages. When an
+engine disagrees with the reference, embedkit re-encodes with one spec field changed at a time (pooling,
+normalization, instruction, max length, fp16) and says which change explains it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import contextlib
 import copy
 import dataclasses
 import io
+import json
 import logging
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,28 @@ DEFAULT_TEXTS = (
     "def add(a, b):\n    return a + b", "Rainbows appear when sunlight is refracted inside water droplets.",
 )
 Encoder = Callable[[list[str], str], np.ndarray]  # (texts, side: "query" | "passage") -> vectors
+
+RECIPE_TIMEOUT = 600.0
+"""Seconds :func:`run_recipe` gives the recipe process (loading torch + transformers and the model, encoding)."""
+
+# Imports the recipe file as a module (so its ``__main__`` demo does not run) and writes the vectors as .npy files.
+# Every input is a path given on the command line: no value is pasted into this code.
+_RECIPE_RUNNER = """\
+import importlib.util
+import json
+import sys
+
+import numpy as np
+
+recipe_file, texts_file, queries_file, passages_file = sys.argv[1:5]
+spec = importlib.util.spec_from_file_location("embedkit_recipe", recipe_file)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+with open(texts_file, encoding="utf-8") as fh:
+    texts = json.load(fh)
+np.save(queries_file, module.encode_queries(texts).float().numpy(), allow_pickle=False)
+np.save(passages_file, module.encode_passages(texts).float().numpy(), allow_pickle=False)
+"""
 
 
 @dataclass
@@ -121,13 +148,57 @@ def _flag_engine(folder: Path, spec: EmbedderSpec) -> Encoder:
     return encode
 
 
+def run_recipe(code: str, texts: list[str], *, timeout: float = RECIPE_TIMEOUT) -> dict[str, np.ndarray]:
+    """Run the recipe script ``code`` on ``texts`` in a fresh Python process: ``{"query": ..., "passage": ...}``.
+
+    The script, the texts (JSON) and the vectors (``.npy``) live in a private temporary folder, which is also the
+    process's working directory; nothing is executed in this process and nothing is left behind.
+
+    Example:
+        >>> from embedkit.recipe import recipe
+        >>> run_recipe(recipe("minilm"), ["hello"])["query"].shape
+        (1, 384)
+    """
+    with tempfile.TemporaryDirectory(prefix="embedkit-recipe-") as tmp:
+        work = Path(tmp)
+        files = {"recipe": work / "embedkit_recipe.py", "runner": work / "run_recipe.py",
+                 "texts": work / "texts.json", "query": work / "queries.npy", "passage": work / "passages.npy"}
+        files["recipe"].write_text(code, encoding="utf-8")
+        files["runner"].write_text(_RECIPE_RUNNER, encoding="utf-8")
+        files["texts"].write_text(json.dumps(list(texts)), encoding="utf-8")
+        cmd = [sys.executable, str(files["runner"]), str(files["recipe"]), str(files["texts"]),
+               str(files["query"]), str(files["passage"])]
+        try:
+            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, errors="replace", timeout=timeout,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            raise EmbedkitError(
+                f"the recipe script did not finish within {timeout:g} s",
+                hint="run `embedkit recipe MODEL > r.py && python r.py` to see where it stops") from None
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            raise EmbedkitError(f"the recipe script failed (exit {proc.returncode}): "
+                                f"{lines[-1][:300] if lines else 'no error output'}",
+                                hint="run `embedkit recipe MODEL > r.py && python r.py` to see the whole error")
+        return {side: np.load(files[side], allow_pickle=False).astype(np.float32, copy=False)
+                for side in ("query", "passage")}
+
+
 def _recipe_engine(folder: Path) -> Encoder:
+    """The standalone recipe, run by :func:`run_recipe` once per list of texts (both sides in one process)."""
     from .recipe import recipe
 
-    namespace: dict[str, Any] = {"__name__": "embedkit_recipe"}
-    exec(compile(recipe(folder), f"<recipe {folder}>", "exec"), namespace)  # noqa: S102 - our own generated code
-    return lambda texts, side: np.asarray(
-        (namespace["encode_queries"] if side == "query" else namespace["encode_passages"])(texts), dtype=np.float32)
+    code = recipe(folder)
+    cache: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
+
+    def encode(texts: list[str], side: str) -> np.ndarray:
+        key = tuple(texts)
+        if key not in cache:
+            cache.clear()
+            cache[key] = run_recipe(code, list(texts))
+        return cache[key][side]
+
+    return encode
 
 
 # ---------------------------------------------------------------------- diagnosis

@@ -101,8 +101,17 @@ class EmbedderSpec:
 
     # ------------------------------------------------------------------ validation / io
     def validate(self, hidden_size: int | None = None, model_max_length: int | None = None) -> EmbedderSpec:
-        """Raise :class:`SpecError` naming the bad field and the fix; return ``self`` when all is well."""
-        if self.pooling not in POOLING_MODES:
+        """Raise :class:`SpecError` naming the bad field and the fix; return ``self`` when all is well.
+
+        Every field has its exact type checked (``bool`` for ``normalize`` / ``do_lower_case``, ``str`` for the
+        instructions and formats...): these values reach generated code (:mod:`embedkit.recipe`, the model card).
+        """
+        for name in ("normalize", "do_lower_case"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise SpecError(f"{name} must be True or False, got {_shown(value)} ({self._source(name)})",
+                                hint=f"pass {name}=True or {name}=False")
+        if not isinstance(self.pooling, str) or self.pooling not in POOLING_MODES:
             raise SpecError(
                 f"unknown pooling {self.pooling!r} ({self._source('pooling')})",
                 hint=f"use one of {', '.join(POOLING_MODES)}",
@@ -133,6 +142,9 @@ class EmbedderSpec:
                 )
         for name in ("query_instruction_format", "passage_instruction_format"):
             fmt = getattr(self, name)
+            if not isinstance(fmt, str):
+                raise SpecError(f"{name} must be a string, got {_shown(fmt)} ({self._source(name)})",
+                                hint='use e.g. "{}{}" or "Instruct: {}\\nQuery: {}"')
             try:
                 probe = fmt.replace("\\n", "\n").format("\x00I\x00", "\x00T\x00")
             except (IndexError, KeyError, ValueError, AttributeError) as exc:
@@ -148,7 +160,8 @@ class EmbedderSpec:
         for name in ("query_instruction", "passage_instruction"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise SpecError(f"{name} must be a string or None, got {type(value).__name__}")
+                raise SpecError(f"{name} must be a string or None, got {_shown(value)} ({self._source(name)})",
+                                hint=f"pass {name}='...' or None")
         return self
 
     def _source(self, name: str) -> str:
@@ -229,6 +242,55 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
 
 
+def _read_json_object(path: Path, error: type[CheckpointError] | type[SpecError] = SpecError) -> dict[str, Any]:
+    """A JSON file that must hold an object (``{...}``); ``error`` naming the file when it holds anything else."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object ({{...}}), got {_shown(data)}",
+                    hint="fix or delete the file (embedkit save rewrites it from a spec)")
+    return data
+
+
+def _shown(value: Any) -> str:
+    """A bad value for an error message: its JSON type and a short repr (never the whole of a long string)."""
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "an object", type(None): "null"}
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{kinds.get(type(value), type(value).__name__)} ({text})"
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_FIELD_CHECKS: dict[str, tuple[Any, str]] = {
+    "pooling": (lambda v: isinstance(v, str) and v in POOLING_MODES,
+                "one of " + ", ".join(json.dumps(m) for m in POOLING_MODES)),
+    "normalize": (lambda v: isinstance(v, bool), "true or false"),
+    "do_lower_case": (lambda v: isinstance(v, bool), "true or false"),
+    "query_instruction": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "passage_instruction": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "query_instruction_format": (lambda v: isinstance(v, str), "a string"),
+    "passage_instruction_format": (lambda v: isinstance(v, str), "a string"),
+    "query_max_length": (_positive_int, "a positive integer"),
+    "passage_max_length": (_positive_int, "a positive integer"),
+    "truncate_dim": (lambda v: v is None or _positive_int(v), "a positive integer or null"),
+}
+"""For each spec field as stored in JSON: (is this value acceptable?, what is expected, in words)."""
+
+
+def _checked(path: Path, key: str, name: str, value: Any) -> Any:
+    """``value`` of spec field ``name`` read from ``path`` at ``key``; :class:`SpecError` naming both if mistyped."""
+    ok, expected = _FIELD_CHECKS[name]
+    if not ok(value):
+        raise SpecError(f"{path}: {key} must be {expected}, got {_shown(value)}",
+                        hint=f"fix {key} in {path.name}, or rewrite the files with "
+                             "`embedkit save SRC DST --pooling ...` (nothing in a model folder is executed)")
+    return value
+
+
 def _module_kind(type_name: str) -> str:
     return type_name.rsplit(".", 1)[-1]
 
@@ -237,7 +299,10 @@ def _pooling_from_st_config(cfg: dict[str, Any], path: Path) -> str:
     modes: list[str] = []
     if "pooling_mode" in cfg:
         raw = cfg["pooling_mode"]
-        modes = [raw] if isinstance(raw, str) else list(raw)
+        modes = [raw] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else [None]
+        if not all(isinstance(m, str) for m in modes):
+            raise SpecError(f"{path}: pooling_mode must be a string or a list of strings, got {_shown(raw)}",
+                            hint=f"use one of {', '.join(POOLING_MODES)}")
     else:
         modes = [k[len("pooling_mode_"):] for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True]
     if len(modes) != 1:
@@ -272,6 +337,9 @@ def read_sentence_transformers_spec(model_dir: Path) -> dict[str, tuple[Any, str
         for i, mod in enumerate(modules):
             if not isinstance(mod, dict) or not isinstance(mod.get("type"), str):
                 raise CheckpointError(f"{modules_path}: entry {i} has no 'type' string", hint="fix or delete the file")
+            if mod.get("path") is not None and not isinstance(mod["path"], str):
+                raise CheckpointError(f"{modules_path}: entry {i} has a 'path' that is {_shown(mod['path'])}, "
+                                      "not a string", hint="fix or delete the file")
             kind = _module_kind(mod["type"])
             kinds.append(kind)
             if kind == "Pooling":
@@ -281,7 +349,7 @@ def read_sentence_transformers_spec(model_dir: Path) -> dict[str, tuple[Any, str
                         f"{modules_path} names a Pooling module but {pool_cfg_path} is missing",
                         hint="pass pooling=... explicitly, or rewrite the layout with `embedkit save`",
                     )
-                cfg = _read_json(pool_cfg_path)
+                cfg = _read_json_object(pool_cfg_path)
                 rel = pool_cfg_path.relative_to(model_dir).as_posix()
                 found["pooling"] = (_pooling_from_st_config(cfg, pool_cfg_path), f"sentence-transformers ({rel})")
             elif kind not in ("Transformer", "Normalize", "Pooling"):
@@ -294,33 +362,45 @@ def read_sentence_transformers_spec(model_dir: Path) -> dict[str, tuple[Any, str
 
     sbert_path = model_dir / "sentence_bert_config.json"
     if sbert_path.is_file():
-        cfg = _read_json(sbert_path)
+        cfg = _read_json_object(sbert_path)
         src = "sentence-transformers (sentence_bert_config.json)"
-        if isinstance(cfg.get("max_seq_length"), int):
-            found["query_max_length"] = (cfg["max_seq_length"], src)
-            found["passage_max_length"] = (cfg["max_seq_length"], src)
-        if isinstance(cfg.get("do_lower_case"), bool):
-            found["do_lower_case"] = (cfg["do_lower_case"], src)
+        if cfg.get("max_seq_length") is not None:
+            n = _checked(sbert_path, "max_seq_length", "passage_max_length", cfg["max_seq_length"])
+            found["query_max_length"] = (n, src)
+            found["passage_max_length"] = (n, src)
+        if cfg.get("do_lower_case") is not None:
+            found["do_lower_case"] = (_checked(sbert_path, "do_lower_case", "do_lower_case", cfg["do_lower_case"]), src)
 
     cst_path = model_dir / "config_sentence_transformers.json"
     if cst_path.is_file():
-        cfg = _read_json(cst_path)
+        cfg = _read_json_object(cst_path)
         src = "sentence-transformers (config_sentence_transformers.json prompts)"
-        prompts = cfg.get("prompts") or {}
-        if isinstance(prompts, dict):
-            if "query" in prompts:
-                found["query_instruction"] = (prompts["query"] or None, src)
-            for key in ("document", "passage", "corpus"):
-                if key in prompts:
-                    found["passage_instruction"] = (prompts[key] or None, src)
-                    break
+        prompts = cfg.get("prompts")
+        if prompts is None:
+            prompts = {}
+        if not isinstance(prompts, dict):
+            raise SpecError(f"{cst_path}: prompts must be an object of strings, got {_shown(prompts)}",
+                            hint='e.g. "prompts": {"query": "query: ", "document": ""}')
+        for key, value in prompts.items():
+            if not isinstance(value, str):
+                raise SpecError(f"{cst_path}: prompts.{key} must be a string, got {_shown(value)}",
+                                hint='e.g. "prompts": {"query": "query: ", "document": ""}')
+        if "query" in prompts:
+            found["query_instruction"] = (prompts["query"] or None, src)
+        for key in ("document", "passage", "corpus"):
+            if key in prompts:
+                found["passage_instruction"] = (prompts[key] or None, src)
+                break
         extra = cfg.get(ST_EXTRA_KEY)
-        if isinstance(extra, dict):
+        if extra is not None and not isinstance(extra, dict):
+            raise SpecError(f"{cst_path}: {ST_EXTRA_KEY} must be an object (the saved embedkit spec), got "
+                            f"{_shown(extra)}", hint="fix or delete that section (embedkit save rewrites it)")
+        if extra:
             esrc = "saved embedkit spec (config_sentence_transformers.json)"
             known = set(EmbedderSpec.field_names())
             for key, value in extra.items():
                 if key in known:
-                    found[key] = (value, esrc)
+                    found[key] = (_checked(cst_path, f"{ST_EXTRA_KEY}.{key}", key, value), esrc)
     return found
 
 
@@ -354,7 +434,7 @@ def resolve_spec(
     overrides = dict(overrides or {})
     if config is None:
         cfg_path = model_dir / "config.json"
-        config = _read_json(cfg_path) if cfg_path.is_file() else {}
+        config = _read_json_object(cfg_path, CheckpointError) if cfg_path.is_file() else {}
     if model_max_length is None:
         model_max_length = model_max_length_from_config(config)
     max_length = overrides.pop("max_length", None)
@@ -416,11 +496,12 @@ def model_token_limit(model_dir: str | Path, config: dict[str, Any] | None = Non
     """The most tokens a model folder takes: the smaller of the position limit and the tokenizer's limit."""
     model_dir = Path(model_dir)
     if config is None:
-        config = _read_json(model_dir / "config.json") if (model_dir / "config.json").is_file() else {}
+        cfg_path = model_dir / "config.json"
+        config = _read_json_object(cfg_path, CheckpointError) if cfg_path.is_file() else {}
     limits = [model_max_length_from_config(config)]
     tok_cfg_path = model_dir / "tokenizer_config.json"
     if tok_cfg_path.is_file():
-        tok_limit = _read_json(tok_cfg_path).get("model_max_length")
+        tok_limit = _read_json_object(tok_cfg_path, CheckpointError).get("model_max_length")
         if isinstance(tok_limit, (int, float)) and 0 < tok_limit < _SANE_TOKENIZER_LIMIT:
             limits.append(int(tok_limit))
     limits = [n for n in limits if n]
@@ -438,7 +519,7 @@ def load_spec(model_dir: str | Path, overrides: dict[str, Any] | None = None, *,
     from .models import resolve_model_path
 
     folder = check_model_folder(resolve_model_path(model_dir))
-    config = _read_json(folder / "config.json")
+    config = _read_json_object(folder / "config.json", CheckpointError)
     hidden = config.get("hidden_size") or config.get("d_model")
     return resolve_spec(folder, overrides, config=config, model_max_length=model_token_limit(folder, config),
                         hidden_size=hidden if isinstance(hidden, int) else None, warn=warn)

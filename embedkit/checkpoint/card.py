@@ -1,63 +1,129 @@
-"""The model card (``README.md``) embedkit writes next to a saved model."""
+"""The model card (``README.md``) embedkit writes next to a saved model.
+
+Everything that comes from the folder or its spec (the name, paths, ``config.json`` values, spec fields) is
+written so that it cannot change the card's structure: Python values in the code snippets are ``repr`` literals
+(the same check as :mod:`embedkit.recipe`), text is kept on one line with Markdown punctuation escaped, inline code
+uses a backtick run longer than any inside the value, and the recipe's code block a fence longer than any run of
+backticks in the code.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from ..recipe import PLACEHOLDER_PATH, recipe_from_spec
+from ..recipe import PLACEHOLDER_PATH, python_literal, recipe_from_spec
 from ..spec import EmbedderSpec, describe
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~!])")
+
+
+def _one_line(value: Any) -> str:
+    """``str(value)`` with every non-printable character (newlines, U+2028, NUL...) written as its escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(value))
+
+
+def _text(value: Any) -> str:
+    """Plain text inside Markdown: one line, Markdown punctuation backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", _one_line(value))
+
+
+def _code(value: Any, *, in_table: bool = False) -> str:
+    """Inline code showing ``value`` verbatim (one line); in a table cell, ``|`` is escaped as GFM requires."""
+    text = _one_line(value)
+    if in_table:
+        text = text.replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip(" ") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def _markdown_line(value: Any) -> str:
+    """Caller-written Markdown (training facts, notes): kept inline, on one line, so it cannot open a block."""
+    return _one_line(value)
+
+
+def _yaml_string(value: Any) -> str:
+    """A YAML double-quoted scalar on one line: ``\\`` and ``"`` escaped, every non-printable character too."""
+    out = []
+    for c in str(value):
+        n = ord(c)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c.isprintable():
+            out.append(c)
+        else:
+            out.append(f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}")
+    return '"' + "".join(out) + '"'
+
+
+def _fence(code: str) -> str:
+    """A code-fence longer than any backtick run in ``code`` (so a string literal cannot close the block)."""
+    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def model_card(spec: EmbedderSpec, *, name: str, source: str | None = None, base_model: str | None = None,
                architecture: str | None = None, dtype: str | None = None, num_parameters: int | None = None,
                training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                notes: list[str] | None = None) -> str:
-    """Markdown model card: recipe, provenance, and how to load the model in four libraries with the same vectors."""
-    q_instr = json.dumps(spec.query_instruction, ensure_ascii=False) if spec.query_instruction else None
+    """Markdown model card: recipe, provenance, and how to load the model in four libraries with the same vectors.
+
+    ``name``, ``source``, ``base_model``, ``architecture``, ``dtype`` and the spec are data (escaped);
+    ``training`` / ``metrics`` values and ``notes`` may hold inline Markdown but are kept on one line.
+    """
+    spec.validate()
     lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
              "tags: [embedkit, sentence-transformers, feature-extraction, sentence-similarity]"]
     if base_model:
-        lines.append(f"base_model: {base_model}")
-    lines += ["---", "", f"# {name}", "", "Text-embedding model saved by [embedkit](https://pypi.org/project/embedkit/)."]
+        lines.append(f"base_model: {_yaml_string(base_model)}")
+    lines += ["---", "", f"# {_text(name)}", "",
+              "Text-embedding model saved by [embedkit](https://pypi.org/project/embedkit/)."]
     facts = [("source", source), ("base model", base_model), ("architecture", architecture), ("dtype", dtype),
              ("parameters", f"{num_parameters:,}" if num_parameters else None)]
-    lines += [""] + [f"- **{k}**: `{v}`" for k, v in facts if v]
+    lines += [""] + [f"- **{k}**: {_code(v)}" for k, v in facts if v]
     lines += ["", "## Embedding recipe", "", "| field | value | decided by |", "|---|---|---|"]
     for field, value, rule in describe(spec):
-        lines.append(f"| {field} | `{json.dumps(value, ensure_ascii=False)}` | {rule} |")
+        lines.append(f"| {field} | {_code(json.dumps(value, ensure_ascii=False), in_table=True)} | "
+                     f"{_text(rule)} |")
     if training:
-        lines += ["", "## Training", ""] + [f"- **{k}**: {v}" for k, v in training.items()]
+        lines += ["", "## Training", ""] + [f"- **{_text(k)}**: {_markdown_line(v)}" for k, v in training.items()]
     if metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in metrics.items()]
+        lines += [f"| {_text(k)} | {_text(v)} |" for k, v in metrics.items()]
     if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    flag_instr = f", query_instruction_for_retrieval={q_instr}" if q_instr else ""
-    flag_fmt = (f", query_instruction_format={json.dumps(spec.query_instruction_format)}"
+        lines += ["", "## Notes", ""] + [f"- {_markdown_line(n)}" for n in notes]
+    placeholder = python_literal(PLACEHOLDER_PATH)
+    truncate = f", truncate_dim={python_literal(spec.truncate_dim)}" if spec.truncate_dim else ""
+    flag_instr = (f", query_instruction_for_retrieval={python_literal(spec.query_instruction)}"
+                  if spec.query_instruction else "")
+    flag_fmt = (f", query_instruction_format={python_literal(spec.query_instruction_format)}"
                 if spec.query_instruction and spec.query_instruction_format != "{}{}" else "")
+    code = recipe_from_spec(spec, PLACEHOLDER_PATH, name=name).rstrip("\n")
+    fence = _fence(code)
     lines += [
         "", "## Usage (all four give the same vectors)", "",
         "### embedkit", "", "```python", "from embedkit import Embedder", "",
-        'model = Embedder("path/to/this/folder")',
+        f"model = Embedder({placeholder})",
         'q = model.encode_queries(["what is an embedding?"])',
         'p = model.encode_corpus(["An embedding is a vector that represents a text."])',
         "scores = q @ p.T", "```", "",
         "### sentence-transformers", "", "```python", "from sentence_transformers import SentenceTransformer", "",
-        'model = SentenceTransformer("path/to/this/folder"'
-        + (f", truncate_dim={spec.truncate_dim}" if spec.truncate_dim else "") + ")",
+        f"model = SentenceTransformer({placeholder}{truncate})",
         'q = model.encode(["what is an embedding?"], prompt_name="query")',
         'p = model.encode(["An embedding is a vector that represents a text."], prompt_name="document")',
         "```", "",
         "### FlagEmbedding", "", "```python", "from FlagEmbedding import FlagModel", "",
-        f'model = FlagModel("path/to/this/folder", pooling_method="{spec.pooling}"{flag_instr}{flag_fmt},',
-        f"                  normalize_embeddings={spec.normalize}, query_max_length={spec.query_max_length},",
-        f"                  passage_max_length={spec.passage_max_length}"
-        + (f", truncate_dim={spec.truncate_dim}" if spec.truncate_dim else "") + ", use_fp16=False)",
+        f"model = FlagModel({placeholder}, pooling_method={python_literal(spec.pooling)}{flag_instr}{flag_fmt},",
+        f"                  normalize_embeddings={python_literal(spec.normalize)}, "
+        f"query_max_length={python_literal(spec.query_max_length)},",
+        f"                  passage_max_length={python_literal(spec.passage_max_length)}{truncate}, use_fp16=False)",
         'q = model.encode_queries(["what is an embedding?"])', "```", "",
         "### transformers", "",
         "A standalone script (transformers + torch only; `embedkit recipe FOLDER` prints it with the real path):", "",
-        "```python", recipe_from_spec(spec, PLACEHOLDER_PATH, name=name).rstrip("\n"),
+        f"{fence}python", code, fence,
     ]
-    lines += ["```", ""]
+    lines += [""]
     return "\n".join(lines)

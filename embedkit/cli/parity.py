@@ -34,6 +34,7 @@ def parity_command(
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         console = Console()
@@ -49,10 +50,10 @@ def parity_command(
         for c in report.checks:
             mark = "[green]PASS[/]" if c.passed else "[red]FAIL[/]"
             detail = c.error or f"max abs diff {c.max_abs_diff:.2e}, min cosine {c.min_cosine:.6f} ({c.tolerance})"
-            console.print(f"{mark} {c.engine}: {detail}")
+            console.print(f"{mark} {escape(c.engine)}: {escape(detail)}")  # errors and diagnoses quote spec values
             for d in c.diagnosis:
-                console.print(f"     diagnosis: {d}")
+                console.print(f"     diagnosis: {escape(d)}")
         for name, why in report.skipped.items():
-            console.print(f"[dim]skipped {name}: {why}[/]")
+            console.print(f"[dim]skipped {escape(name)}: {escape(why)}[/]")
     if not report.ok:
         raise typer.Exit(1)

@@ -33,12 +33,13 @@ def spec_command(
                               indent=2, ensure_ascii=False))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=f"spec of {model}")
+    table = Table(title=f"spec of {escape(model)}")
     table.add_column("field")
     table.add_column("value")
     table.add_column("decided by")
     for name, value, rule in rows:
-        table.add_row(name, repr(value), rule)
+        table.add_row(name, escape(repr(value)), escape(rule))  # values come from the folder: not rich markup
     Console().print(table)
