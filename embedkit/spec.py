@@ -575,9 +575,6 @@ def sentence_transformers_files(spec: EmbedderSpec, hidden_size: int) -> tuple[d
                             "cannot express it, so its prompt is left empty (embedkit still applies it)")
             prompt = ""
         prompts[key] = prompt
-    if spec.query_max_length != spec.passage_max_length:
-        warnings.append(f"sentence-transformers has one max_seq_length; wrote the passage length "
-                        f"{spec.passage_max_length} (queries use {spec.query_max_length} in embedkit)")
     if spec.truncate_dim is not None:
         warnings.append(f"sentence-transformers does not record truncate_dim: load it with "
                         f"truncate_dim={spec.truncate_dim} (it truncates after normalizing)")

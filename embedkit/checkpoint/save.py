@@ -17,7 +17,7 @@ from typing import Any
 
 from .._io import atomic_write
 from ..errors import CheckpointError, SpecError
-from ..models import resolve_model_path
+from ..models import model_display_name, resolve_model_path
 from ..spec import ARGUMENT, EmbedderSpec, model_token_limit, resolve_spec, sentence_transformers_files
 from .layout import check_destination, check_model_folder, find_weight_files
 from .safe_load import load_state_dict, read_safetensors_header
@@ -176,16 +176,20 @@ def save(
         elif src is not None:
             _write_m3_heads(src, tmp, hidden_size, trust_pickle=trust_pickle)
         wrote_st = False
+        notes: list[str] = []
         if sentence_transformers:
             wrote_st = _write_st_layout(tmp, spec, hidden_size, warnings)
+            if wrote_st and spec.query_max_length != spec.passage_max_length:
+                notes.append(st_length_note(spec))
         card_info = dict(card or {})
+        base_model = card_info.pop("base_model", None) or config_dict.get("_name_or_path") or None
         text = model_card(
             spec, name=dst.name, source=str(src) if src else None,
-            base_model=card_info.pop("base_model", None) or config_dict.get("_name_or_path") or None,
+            base_model=model_display_name(base_model) if base_model else None,
             architecture=(config_dict.get("architectures") or [type(model).__name__])[0],
             dtype=str(model.dtype).replace("torch.", ""), num_parameters=sum(p.numel() for p in model.parameters()),
             training=card_info.get("training"), metrics=card_info.get("metrics"),
-            notes=(card_info.get("notes") or []) + warnings,
+            notes=(card_info.get("notes") or []) + notes + warnings,
         )
         with atomic_write(tmp / "README.md", "w") as fh:
             fh.write(text)
@@ -193,6 +197,8 @@ def save(
         _verify_weights(tmp, state_dict)
         write_manifest(tmp, sign_key=sign_key)
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    for note in notes:
+        logger.info("%s", note)
     for w in warnings:
         logger.warning("%s", w)
     return SaveResult(path=dst, spec=spec, files=files, sentence_transformers=wrote_st, warnings=warnings)
@@ -226,6 +232,14 @@ def _write_given_m3_heads(heads: Any, folder: Path, hidden_size: int) -> None:
         sd = item.state_dict() if hasattr(item, "state_dict") else dict(item)
         check_linear_head(Path(f"{name} (m3_heads)"), sd, hidden_size, 1 if name == "sparse_linear" else None)
         write_head(folder, name, sd)
+
+
+def st_length_note(spec: EmbedderSpec) -> str:
+    """The model card's note for a spec whose query and passage lengths differ (sentence-transformers has one)."""
+    return (f"Query and passage max lengths differ ({spec.query_max_length} / {spec.passage_max_length} tokens). "
+            f"sentence-transformers has a single max_seq_length, so its files record the passage length "
+            f"{spec.passage_max_length}; embedkit, FlagEmbedding (query_max_length={spec.query_max_length}) and the "
+            "recipe in this card cut queries at the query length. Queries shorter than that encode identically everywhere.")
 
 
 def _write_st_layout(folder: Path, spec: EmbedderSpec, hidden_size: int, warnings: list[str]) -> bool:
