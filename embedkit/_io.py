@@ -99,7 +99,7 @@ def refuse_overwriting_inputs(
     Example:
         >>> refuse_overwriting_inputs("same.txt", inputs=["same.txt"], flag="--output")
         Traceback (most recent call last):
-        embedkit.errors.DataError: --output same.txt is the input file same.txt ...
+        embedkit.errors.DataError: --output same.txt is also an input file (same.txt) ...
     """
     out = Path(output)
     out_r = _resolve(out)
@@ -113,7 +113,8 @@ def refuse_overwriting_inputs(
             p_r = _resolve(p)
             what = "model folder" if kind == "model" else "input folder" if p_r.is_dir() else "input file"
             if out_r == p_r or _same_file(out, p):
-                raise error(f"{flag} {out} is the {what} {p}" + _resolved_note(out, out_r), hint=hint)
+                msg = f"{flag} {out} is also an {what} ({p})" if kind == "input" else f"{flag} {out} is the {what} {p}"
+                raise error(msg + _resolved_note(out, out_r), hint=hint)
             if p_r in out_r.parents:
                 raise error(f"{flag} {out} lies inside the {what} {p}" + _resolved_note(out, out_r), hint=hint)
             if out_r in p_r.parents:
