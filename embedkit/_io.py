@@ -110,6 +110,8 @@ def refuse_overwriting_inputs(
             if p is None:
                 continue
             p = Path(p)
+            if kind == "model" and not p.exists():
+                continue  # a hub id or a typo: nothing on disk to destroy (loading it fails with its own error)
             p_r = _resolve(p)
             what = "model folder" if kind == "model" else "input folder" if p_r.is_dir() else "input file"
             if out_r == p_r or _same_file(out, p):
@@ -173,7 +175,7 @@ def stale_siblings(dst: str | os.PathLike[str]) -> list[Path]:
         >>> stale_siblings("my-model")
         [PosixPath('.my-model.tmp-4242-a1b2c3')]
     """
-    dst = Path(dst)
+    dst = Path(os.path.abspath(dst))  # "." has no name; its absolute path has
     pattern = re.compile(_SIBLING_RE.format(name=re.escape(dst.name)))
     found = []
     with contextlib.suppress(OSError):
