@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import stale_siblings
 from ..errors import CheckpointError, EmbedkitError, SpecError
 from . import layout
 
@@ -534,6 +535,11 @@ def inspect_folder(path: str | Path) -> InspectReport:
 
     report.next_steps = _next_steps(report, folder, has_st=has_st, has_weights=has_weights,
                                     has_adapter_weights=has_adapter_weights)
+    stale = stale_siblings(folder)  # left next to the folder by killed embedkit writes
+    if stale:
+        report.next_steps.append(f"{len(stale)} stale temporary sibling(s) of killed embedkit writes next to this "
+                                 f"folder ({', '.join(p.name for p in stale[:3])}): the next save / convert to "
+                                 f"{_q(folder)} removes them, or delete them by hand")
     return report
 
 

@@ -1,12 +1,16 @@
 """Integrity manifests: every file's sha256 and size, optionally signed with ed25519.
 
-``embedkit-manifest.json`` lists every file of a model folder (itself and its signature excepted)::
+``embedkit-manifest.json`` lists every regular file of a model folder (itself and its signature excepted), hidden
+files and folders included::
 
     {"format": "embedkit-manifest/1", "files": {"config.json": {"sha256": "9f2c...", "size": 612}, ...}}
 
 ``embedkit-manifest.sig`` is a detached ed25519 signature of the manifest's exact bytes, base64 text. Signing the
 manifest signs every file it lists. Both can be checked without embedkit: ``sha256sum`` for the files, any ed25519
 implementation (e.g. ``openssl pkeyutl -verify -rawin``) for the signature.
+
+Symbolic links and special files (FIFOs, sockets, devices) are never followed or read: ``manifest`` refuses a
+folder holding one, and ``verify`` reports one as a problem.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write
+from .._io import _fsync_dir, atomic_write
 from ..errors import CheckpointError
-from .layout import list_files
 
 logger = logging.getLogger("embedkit")
 
@@ -42,7 +46,10 @@ SIGNATURE_STATES = ("valid", "invalid", "missing", "not checked")
 
 # ---------------------------------------------------------------------- building and writing
 def build_manifest(folder: str | os.PathLike[str], *, show_progress: bool | None = None) -> dict[str, Any]:
-    """The manifest of ``folder``: sha256 and size of every file (the manifest and its signature excepted).
+    """The manifest of ``folder``: sha256 and size of every regular file (the manifest and its signature excepted).
+
+    Hidden files and folders are listed like any other. Raises :class:`CheckpointError` naming the path when the
+    folder holds a symbolic link or a special file: it is never followed (it could point outside the folder).
 
     Files are read in 1 MiB chunks, so multi-GB weights never sit in memory. ``show_progress``: a progress bar
     over bytes hashed; default on when stderr is a terminal and the folder holds more than 256 MiB.
@@ -53,7 +60,14 @@ def build_manifest(folder: str | os.PathLike[str], *, show_progress: bool | None
         {'sha256': '9f2c...', 'size': 612}
     """
     root = _check_folder(folder)
-    names = [n for n in list_files(root) if n not in (MANIFEST_NAME, SIGNATURE_NAME)]
+    regular, others = _scan(root)
+    if others:
+        name, kind = next(iter(sorted(others.items())))
+        raise CheckpointError(f"{root / name} is {kind}; a manifest lists regular files only and never follows links"
+                              + (f" ({len(others) - 1} more such path(s))" if len(others) > 1 else ""),
+                              hint="replace each link by a copy of its target (e.g. `cp -rL SRC DST` copies the "
+                              "folder with links resolved) or remove it, then write the manifest again")
+    names = [n for n in regular if n not in (MANIFEST_NAME, SIGNATURE_NAME)]
     with _progress(root, names, show_progress, "Hashing") as bar:
         files = {}
         for name in names:
@@ -77,8 +91,9 @@ def write_manifest(folder: str | os.PathLike[str], sign_key: str | os.PathLike[s
     """Write ``folder/embedkit-manifest.json`` (atomically) and return its path.
 
     With ``sign_key`` (a PEM ed25519 private key, see :func:`generate_keypair`) also write the detached signature
-    ``embedkit-manifest.sig``. Without it, a signature left from an earlier manifest is removed: it would no
-    longer match.
+    ``embedkit-manifest.sig``. A signature left from an earlier manifest is removed first (before the new manifest
+    is written): a kill at any point leaves either the old manifest with its old signature, or a new manifest that
+    is unsigned (never a new manifest next to the old signature).
 
     Example:
         >>> write_manifest("bge-small-ft", sign_key="release.key")
@@ -90,19 +105,27 @@ def write_manifest(folder: str | os.PathLike[str], sign_key: str | os.PathLike[s
     data = manifest_bytes(manifest)
     path = root / MANIFEST_NAME
     sig_path = root / SIGNATURE_NAME
+    signature = base64.b64encode(key.sign(data)).decode("ascii") + "\n" if key is not None else None
+    _remove_signature(sig_path, replaced=key is not None)
     with atomic_write(path, "wb") as fh:
         fh.write(data)
     total = sum(f["size"] for f in manifest["files"].values())
     logger.debug("wrote %s (%d files, %d bytes)", path, len(manifest["files"]), total)
-    if key is not None:
-        signature = base64.b64encode(key.sign(data)).decode("ascii") + "\n"
+    if signature is not None:
         with atomic_write(sig_path, "w") as fh:
             fh.write(signature)
         logger.debug("wrote %s", sig_path)
-    elif sig_path.exists():
-        sig_path.unlink()
-        logger.info("removed %s: it signed the previous manifest (pass a key to sign the new one)", sig_path)
     return path
+
+
+def _remove_signature(sig_path: Path, *, replaced: bool) -> None:
+    """Delete ``sig_path`` durably (unlink + fsync of the folder) before a new manifest is written."""
+    if not os.path.lexists(sig_path):
+        return
+    sig_path.unlink()
+    _fsync_dir(sig_path.parent)
+    if not replaced:
+        logger.info("removed %s: it signed the previous manifest (pass a key to sign the new one)", sig_path)
 
 
 # ---------------------------------------------------------------------- verifying
@@ -113,6 +136,9 @@ class VerifyReport:
     ``ok`` is true when every listed file is present and unchanged, nothing unlisted was added, and (when a public
     key was given) the signature is valid. ``signature`` is one of ``"valid"``, ``"invalid"``, ``"missing"``
     (a public key was given but there is no ``embedkit-manifest.sig``) or ``"not checked"`` (no public key).
+    ``signature_present`` says whether ``embedkit-manifest.sig`` exists, so that a report without a key can say
+    "a signature exists but was not checked" (:meth:`signature_summary`). Extra files include hidden ones
+    (``.evil.py``); symbolic links and special files are problems, never followed.
     ``problems`` has one human-readable line per offending file, e.g. ``"modified: model.safetensors (...)"``.
 
     Example:
@@ -129,6 +155,22 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     checked: int = 0
     """How many files the manifest lists."""
+    signature_present: bool = False
+    """Whether the folder holds an ``embedkit-manifest.sig`` (whether or not it was checked)."""
+
+    def signature_summary(self) -> str:
+        """One phrase on the signature: ``"signature valid"``, ``"unsigned"``, or, without a public key while a
+        signature exists, ``"a signature exists but was not checked: pass --public-key KEYFILE"``.
+
+        Example:
+            >>> verify_manifest("bge-small-ft").signature_summary()
+            'a signature exists but was not checked: pass --public-key KEYFILE'
+        """
+        if self.signature == "not checked":
+            if self.signature_present:
+                return f"a signature exists ({SIGNATURE_NAME}) but was not checked: pass --public-key KEYFILE"
+            return "unsigned"
+        return f"signature {self.signature}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field.
@@ -156,43 +198,73 @@ def verify_manifest(folder: str | os.PathLike[str], public_key: str | os.PathLik
     root = _check_folder(folder)
     key = load_public_key(public_key) if public_key is not None else None
     path = root / MANIFEST_NAME
+    if path.is_symlink():
+        raise CheckpointError(f"{path} is a symbolic link; embedkit does not follow links out of the folder",
+                              hint="replace it with the manifest file itself")
     if not path.is_file():
         raise CheckpointError(f"no {MANIFEST_NAME} in {root}: nothing to verify against", hint=_MANIFEST_HINT)
     data = path.read_bytes()
     files = _parse_manifest(path, data)
-    report = VerifyReport(ok=False, checked=len(files))
+    sig_path = root / SIGNATURE_NAME
+    report = VerifyReport(ok=False, checked=len(files), signature_present=os.path.lexists(sig_path))
 
     if key is not None:
-        report.signature = _check_signature(root / SIGNATURE_NAME, data, key)
+        report.signature = _check_signature(sig_path, data, key)
         if report.signature == "missing":
             report.problems.append(f"signature: missing (no {SIGNATURE_NAME})")
         elif report.signature == "invalid":
             report.problems.append("signature: invalid (the manifest was changed, or signed with another key)")
 
-    present = set(list_files(root)) - {MANIFEST_NAME, SIGNATURE_NAME}
-    listed = [n for n in files if (root / n).is_file()]
+    regular, others = _scan(root)
+    present = set(regular) - {MANIFEST_NAME, SIGNATURE_NAME}
+    listed = [n for n in files if n in present]
     with _progress(root, listed, show_progress, "Verifying") as bar:
         for name, entry in files.items():
             file = root / name
-            if not file.is_file():
-                report.missing.append(name)
-                report.problems.append(f"missing: {name}")
+            if name not in present:
+                blocker = _non_regular_blocker(name, others)
+                if blocker is None:
+                    report.missing.append(name)
+                    report.problems.append(f"missing: {name}")
+                else:
+                    report.modified.append(name)
+                    report.problems.append(f"modified: {name} ({blocker}; not followed)")
                 continue
-            size = file.stat().st_size
+            size = file.lstat().st_size
             if size != entry["size"]:
                 report.modified.append(name)
                 report.problems.append(f"modified: {name} (size {entry['size']} -> {size} bytes)")
                 bar.update(size)
                 continue
-            digest, _ = _hash_file(file, bar)
+            try:
+                digest, _ = _hash_file(file, bar)
+            except OSError as exc:  # replaced by a link (O_NOFOLLOW) or removed while hashing
+                report.modified.append(name)
+                report.problems.append(f"modified: {name} (cannot be read as a regular file: {exc.strerror})")
+                continue
             if digest != entry["sha256"]:
                 report.modified.append(name)
                 report.problems.append(f"modified: {name} (sha256 differs)")
     for name in sorted(present - set(files)):
         report.extra.append(name)
         report.problems.append(f"extra: {name} (not in the manifest)")
+    for name, kind in sorted(others.items()):
+        if name in (MANIFEST_NAME, SIGNATURE_NAME) or name in files:
+            continue
+        report.extra.append(name)
+        report.problems.append(f"extra: {name} ({kind}, not in the manifest; not followed)")
     report.ok = not report.problems
     return report
+
+
+def _non_regular_blocker(name: str, others: dict[str, str]) -> str | None:
+    """Why listed ``name`` is not a regular file: it, or a folder on its path, is a link or special file."""
+    parts = name.split("/")
+    for i in range(len(parts), 0, -1):
+        prefix = "/".join(parts[:i])
+        if prefix in others:
+            return others[prefix] if prefix == name else f"{prefix} is {others[prefix]}"
+    return None
 
 
 def _parse_manifest(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
@@ -221,6 +293,8 @@ def _parse_manifest(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
 def _check_signature(sig_path: Path, data: bytes, key: Any) -> str:
     from cryptography.exceptions import InvalidSignature
 
+    if sig_path.is_symlink():
+        return "invalid"  # never read through a link
     if not sig_path.is_file():
         return "missing"
     try:
@@ -357,10 +431,40 @@ def _check_folder(folder: str | os.PathLike[str]) -> Path:
     return root
 
 
+def _scan(root: Path) -> tuple[list[str], dict[str, str]]:
+    """Every regular file under ``root`` (hidden ones included) as sorted POSIX relative paths, and every other
+    entry that is not a plain folder (symbolic links, FIFOs, sockets, devices) as ``{relative path: kind}``.
+
+    Links are never followed: a linked folder is reported, not walked.
+    """
+    regular: list[str] = []
+    others: dict[str, str] = {}
+
+    def onerror(exc: OSError) -> None:
+        raise CheckpointError(f"cannot read {exc.filename}: {exc.strerror}",
+                              hint="check the folder's permissions") from None
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in [*dirnames, *filenames]:
+            full = os.path.join(dirpath, name)
+            rel = (rel_dir / name).as_posix()
+            mode = os.lstat(full).st_mode
+            if stat.S_ISREG(mode):
+                regular.append(rel)
+            elif stat.S_ISLNK(mode):
+                others[rel] = f"a symbolic link (-> {os.readlink(full)})"
+            elif not stat.S_ISDIR(mode):
+                others[rel] = "a special file (FIFO, socket or device)"
+        dirnames[:] = [d for d in dirnames if stat.S_ISDIR(os.lstat(os.path.join(dirpath, d)).st_mode)]
+    return sorted(regular), others
+
+
 def _hash_file(path: Path, bar: Any = None) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
             size += len(chunk)

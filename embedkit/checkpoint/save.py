@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write
+from .._io import atomic_write, refuse_overwriting_inputs
 from ..errors import CheckpointError, SpecError
 from ..models import model_display_name, resolve_model_path
 from ..spec import ARGUMENT, EmbedderSpec, model_token_limit, resolve_spec, sentence_transformers_files
@@ -135,10 +135,14 @@ def save(
         elif not src.is_dir():
             check_model_folder(src)  # raises the not-a-folder error
         check_destination(dst, overwrite=overwrite, src=src)
+        tok_dir = resolve_model_path(tokenizer) if isinstance(tokenizer, (str, Path)) else None
+        refuse_overwriting_inputs(dst, model_dirs=[src, tok_dir], flag="DST")  # also: DST holding SRC, tokenizer
         model = load_model(src, trust_pickle=trust_pickle)
         tokenizer = tokenizer if tokenizer is not None else src
     else:
         model = model_or_path
+        if isinstance(tokenizer, (str, Path)):
+            refuse_overwriting_inputs(dst, model_dirs=[resolve_model_path(tokenizer)], flag="DST")
         check_destination(dst, overwrite=overwrite)
         if tokenizer is None:
             raise CheckpointError("saving a model object needs its tokenizer", hint="pass tokenizer=...")

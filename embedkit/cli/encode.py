@@ -53,7 +53,9 @@ def encode(
 
     Example: embedkit encode bge-m3 --m3 --sparse --colbert --input texts.txt --output out.npz
     """
+    from .._io import refuse_overwriting_inputs
     from ..embedder import Embedder
+    from ..models import resolve_model_path
     from ..textio import read_texts, save_npy
 
     if queries and passages:
@@ -65,6 +67,10 @@ def encode(
             raise SpecError(f"unknown --sparse-format {sparse_format!r}", hint="use 'csr' or 'jsonl'")
         if output.suffix.lower() != ".npz":
             raise SpecError(f"with --m3 the output is an .npz archive, got {output}", hint="e.g. --output out.npz")
+    outputs = [output] + ([output.with_suffix(".sparse.jsonl")] if m3 and sparse and sparse_format == "jsonl" else [])
+    for out in outputs:
+        refuse_overwriting_inputs(out, inputs=[input], model_dirs=[resolve_model_path(model)],
+                                  flag="--output" if out == output else "--output (its .sparse.jsonl sibling)")
     texts = read_texts(input, field=field)
     kind = "queries" if queries else "passages" if passages else None
     overrides = {}

@@ -40,11 +40,20 @@ def eval_command(
 
     Example: embedkit eval minilm --data my-benchmark --compare out/model --output report.md
     """
-    from .._io import atomic_write
+    from .._io import atomic_write, refuse_overwriting_inputs
     from ..eval import load_eval_data
     from ..eval.retrieval import compare_metrics, default_cache_dir, evaluate, markdown_report, plot_comparison
+    from ..models import resolve_model_path
 
     ks = _parse_ks(k)
+    plot_flag = "--plot"
+    if compare and plot is None and output is not None:  # never into the working directory unasked
+        plot = output.parent / "eval_comparison.png"
+        plot_flag = "the default --plot"
+    models = [resolve_model_path(m) for m in (model, compare) if m]
+    for path, flag in ((output, "--output"), (plot, plot_flag)):
+        if path is not None:
+            refuse_overwriting_inputs(path, inputs=[data], model_dirs=models, flag=flag)
     bench = load_eval_data(data, split)
     cache_dir = default_cache_dir() if cache else None
     results = [evaluate(model, bench, ks=ks, batch_size=batch_size, cache_dir=cache_dir, name=model)]
@@ -53,8 +62,6 @@ def eval_command(
     if output:
         with atomic_write(output, "w") as fh:
             fh.write(markdown_report(results))
-    if compare and plot is None and output is not None:  # never into the working directory unasked
-        plot = output.parent / "eval_comparison.png"
     if plot:
         plot_comparison(results, plot)
     if as_json:

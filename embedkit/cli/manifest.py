@@ -54,22 +54,18 @@ def verify_cmd(
 
     Example: embedkit verify ./bge-small-ft --public-key release.key.pub
     """
-    from ..checkpoint.manifest import SIGNATURE_NAME, verify_manifest
+    from ..checkpoint.manifest import verify_manifest
 
     report = verify_manifest(folder, public_key=public_key, show_progress=progress)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     elif report.ok:
-        if report.signature == "valid":
-            sig = "signature valid"
-        elif (folder / SIGNATURE_NAME).is_file():
-            sig = "signature not checked: pass --public-key"
-        else:
-            sig = "unsigned"
-        typer.echo(f"OK: {folder}: {report.checked} files match the manifest ({sig})")
+        typer.echo(f"OK: {folder}: {report.checked} files match the manifest ({report.signature_summary()})")
     else:
         for problem in report.problems:
             typer.echo(problem)
+        if report.signature == "not checked" and report.signature_present:
+            typer.echo(report.signature_summary())
         typer.secho(f"FAILED: {folder} does not match its manifest ({len(report.problems)} problem(s))",
                     fg="red", err=True)
     if not report.ok:

@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from .._io import refuse_overwriting_inputs
 from ..errors import CheckpointError, DataError, EmbedkitError, SpecError
+from ..models import resolve_model_path
 from .data import TrainExample, expand_paths, load_train_data, write_train_jsonl
 
 logger = logging.getLogger("embedkit")
@@ -115,22 +117,14 @@ def parse_range(value: str | Sequence[int]) -> tuple[int, int]:
     return start, end
 
 
-def _check_output(output: Path, inputs: Sequence[PathLike], others: Sequence[PathLike] = ()) -> Path:
-    """Refuse an output that is (or would be read as) one of the inputs."""
+def _check_output(output: Path, inputs: Sequence[PathLike], others: Sequence[PathLike] = (),
+                  model_dirs: Sequence[Any] = ()) -> Path:
+    """Refuse an output that is a folder, one of the inputs, inside an input folder, or inside the model folder."""
     output = Path(output)
     if output.is_dir():
         raise DataError(f"output {output} is a folder", hint="pass a file path, e.g. --output mined.jsonl")
-    out_r = output.resolve()
-    for p in [*inputs, *others]:
-        p_r = Path(p).resolve()
-        if p_r.is_dir():
-            if p_r in out_r.parents and output.suffix == ".jsonl":
-                raise DataError(f"output {output} lies inside the input folder {p}",
-                                hint="write it elsewhere: it would be read back as input data next time")
-        elif p_r == out_r:
-            raise DataError(f"output {output} is also an input file",
-                            hint="write to a new file (the input is read while the output is written)")
-    return output
+    dirs = [resolve_model_path(m) if isinstance(m, (str, Path)) else getattr(m, "path", None) for m in model_dirs]
+    return refuse_overwriting_inputs(output, inputs=[*inputs, *others], model_dirs=dirs, flag="--output")
 
 
 def _progress_enabled(show_progress: bool | None, total: int, step: int) -> bool:
@@ -268,7 +262,7 @@ def mine_hard_negatives(
     inputs = [input_path_or_paths] if isinstance(input_path_or_paths, (str, Path)) else list(input_path_or_paths)
     files = expand_paths(inputs)
     pool_file = Path(candidate_pool) if isinstance(candidate_pool, (str, Path)) else None
-    output = _check_output(Path(output), [*inputs, *files], [pool_file] if pool_file else [])
+    output = _check_output(Path(output), [*inputs, *files], [pool_file] if pool_file else [], [model])
     if use_gpu_for_searching:
         logger.info("use_gpu_for_searching is ignored: embedkit searches exactly on the CPU (faiss IndexFlatIP)")
     faiss = _import_faiss()
@@ -415,7 +409,7 @@ def score_pairs(
     _positive_int("batch_size", batch_size, "e.g. --batch-size 32")
     inputs = [input] if isinstance(input, (str, Path)) else list(input)
     files = expand_paths(inputs)
-    output = _check_output(Path(output), [*inputs, *files])
+    output = _check_output(Path(output), [*inputs, *files], model_dirs=[reranker_dir])
     limit = model_token_limit(reranker_dir) if Path(reranker_dir).is_dir() else None
     if max_length is None:
         max_length = min(512, limit) if limit else 512
