@@ -231,15 +231,10 @@ def match_family(model_dir: Path, config: dict[str, Any] | None = None) -> Famil
 
 # ---------------------------------------------------------------------- sentence-transformers files
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
-            hint="fix or delete the file (embedkit save rewrites it from a spec)",
-        ) from None
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    """One JSON file of the folder: invalid UTF-8 / JSON or an unreadable path is a CheckpointError naming it."""
+    from .checkpoint.layout import read_json_file  # TODO(issue 12): folder/ below spec removes this late import
+
+    return read_json_file(path)
 
 
 def _read_json_object(path: Path, error: type[CheckpointError] | type[SpecError] = SpecError) -> dict[str, Any]:

@@ -69,4 +69,5 @@ def test_runnable_blocks_run(page, tmp_path):
     for line, lang, code in runnable_blocks(page.read_text()):
         cmd = ["bash", "-e", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
         proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"{page.name}:{line} ({lang}) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, f"{page.name}:{line} ({lang}) failed:\n{tail}"

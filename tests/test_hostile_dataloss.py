@@ -129,6 +129,25 @@ def test_save_and_convert_refuse_a_destination_holding_what_they_read(tiny_copy,
         save(tiny_copy("m2"), tok / "nested", tokenizer=tok)
 
 
+def test_slim_refuses_a_destination_holding_its_source(tiny_copy, tmp_path):
+    from embedkit.checkpoint.slim import slim
+
+    src = tiny_copy("out2/ckpt")
+    with pytest.raises(CheckpointError, match="contains the model folder"):
+        slim(src, tmp_path / "out2", overwrite=True)
+    assert (src / "config.json").is_file()
+
+
+def test_in_place_convert_keeps_dot_files(tiny_copy):
+    from embedkit.checkpoint.convert import convert
+
+    src = tiny_copy("dotted")
+    (src / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    convert(src, to="bin")
+    assert (src / ".gitattributes").read_text() == "*.safetensors filter=lfs\n"
+    assert verify_manifest(src).ok
+
+
 def test_refuse_overwriting_inputs_accepts_unrelated_paths(tmp_path):
     (tmp_path / "in.txt").write_text("x")
     out = refuse_overwriting_inputs(tmp_path / "out.npy", inputs=[tmp_path / "in.txt", None],

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_dir, atomic_write, refuse_overwriting_inputs
+from .._io import atomic_dir, atomic_write
 from ..errors import CheckpointError
 from ..models import resolve_model_path
 from .layout import (
@@ -213,8 +213,7 @@ def convert(
     max_bytes = parse_size(max_shard_size)
     dst = Path(output) if output is not None else folder
     if output is not None:  # in place (no output) is allowed: atomic_dir swaps the new folder in whole
-        check_destination(dst, overwrite=overwrite, src=folder)
-        refuse_overwriting_inputs(dst, model_dirs=[folder], flag="--output")  # also: --output holding FOLDER
+        check_destination(dst, overwrite=overwrite, src=folder, flag="--output")  # also: --output holding FOLDER
     check_weights_fit(folder, trust_pickle=trust_pickle)
     original, found_fmt = read_weights(folder, trust_pickle=trust_pickle)
     target = to or found_fmt

@@ -8,6 +8,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .._io import refuse_overwriting_inputs
 from ..errors import CheckpointError
 
 WEIGHT_FILES = (
@@ -203,8 +204,10 @@ def check_model_folder(path: str | Path) -> Path:
     return folder.resolve()
 
 
-def check_destination(dst: str | Path, *, overwrite: bool = False, src: str | Path | None = None) -> Path:
-    """Refuse a destination that exists (unless ``overwrite``) or that lies inside ``src``; return it as a Path."""
+def check_destination(dst: str | Path, *, overwrite: bool = False, src: str | Path | None = None,
+                      flag: str = "destination") -> Path:
+    """Refuse a destination that exists (unless ``overwrite``), that is or lies inside ``src``, or that contains
+    ``src`` (replacing it would delete the source); return it as a Path."""
     dst = Path(dst)
     if src is not None:
         src_r, dst_r = Path(src).resolve(), dst.resolve()
@@ -213,6 +216,7 @@ def check_destination(dst: str | Path, *, overwrite: bool = False, src: str | Pa
                 f"destination {dst} is inside the source {src}",
                 hint="choose a destination outside the source folder",
             )
+        refuse_overwriting_inputs(dst, model_dirs=[src], flag=flag)  # dst containing src, hard links
     if dst.exists() and not overwrite:
         raise CheckpointError(f"destination {dst} already exists",
                               hint="pass --overwrite (API: overwrite=True) to replace it, or choose another path")
@@ -297,11 +301,16 @@ def classify_file(relpath: str | Path) -> str:
 
 
 def list_files(folder: str | Path) -> list[str]:
-    """Every file under ``folder`` as sorted POSIX relative paths (embedkit's own temporary files excluded)."""
+    """Every file under ``folder`` as sorted POSIX relative paths, dot-files included (a copy or an in-place
+    conversion must not drop ``.gitattributes`` and the like); embedkit's own temporary files excluded."""
     folder = Path(folder)
     out = []
     for p in folder.rglob("*"):
         rel = p.relative_to(folder)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+        if p.is_file() and not any(_EMBEDKIT_TEMP.fullmatch(part) for part in rel.parts):
             out.append(rel.as_posix())
     return sorted(out)
+
+
+_EMBEDKIT_TEMP = re.compile(r"\..+\.(tmp|old)-\d+-[0-9a-f]+|\..+\.tmp-embedkit")
+"""Names of embedkit's temporary siblings and files (``atomic_dir`` / ``atomic_write``)."""

@@ -243,7 +243,8 @@ def st_length_note(spec: EmbedderSpec) -> str:
     return (f"Query and passage max lengths differ ({spec.query_max_length} / {spec.passage_max_length} tokens). "
             f"sentence-transformers has a single max_seq_length, so its files record the passage length "
             f"{spec.passage_max_length}; embedkit, FlagEmbedding (query_max_length={spec.query_max_length}) and the "
-            "recipe in this card cut queries at the query length. Queries shorter than that encode identically everywhere.")
+            "recipe in this card cut queries at the query length. Queries shorter than that encode identically "
+            "everywhere.")
 
 
 def _write_st_layout(folder: Path, spec: EmbedderSpec, hidden_size: int, warnings: list[str]) -> bool:
