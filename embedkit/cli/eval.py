@@ -71,13 +71,14 @@ def eval_command(
         typer.echo(json.dumps(payload, indent=2))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     s = results[0].data
-    table = Table(title=f"{data} ({split}): {s['queries']} queries, {s['corpus']} documents")
+    table = Table(title=escape(f"{data} ({split}): {s['queries']} queries, {s['corpus']} documents"))
     table.add_column("metric")
     for r in results:
-        table.add_column(r.model + (" (cached corpus)" if r.cache_hit else ""), justify="right")
+        table.add_column(escape(r.model + (" (cached corpus)" if r.cache_hit else "")), justify="right")
     if compare:
         table.add_column("delta", justify="right")
     for metric in results[0].metrics:
