@@ -1,6 +1,7 @@
 """embedkit convert and embedkit slim on real files."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -61,6 +62,26 @@ def test_sharding_and_in_place(model_dir):
     assert np.array_equal(Embedder(model_dir, show_progress=False).encode(TEXTS), before)
     assert verify_manifest(model_dir).ok
     assert sorted(p.name for p in model_dir.parent.iterdir()) == ["model"]  # no temporary left
+
+
+def test_a_changed_shard_changes_every_fingerprint(model_dir):
+    """Regression: the sharded folder's fingerprints hashed only the *.index.json, so a changed shard went unnoticed
+    (the ONNX export's "made from these weights" check and the eval corpus-cache key)."""
+    from embedkit.checkpoint.manifest import MANIFEST_NAME
+    from embedkit.eval.retrieval import model_fingerprint
+    from embedkit.export.onnx import weights_fingerprint
+
+    convert(model_dir, max_shard_size="30KB")
+    (model_dir / MANIFEST_NAME).unlink()  # model_fingerprint prefers the manifest; test the weight files themselves
+    shards = sorted(model_dir.glob("model-*-of-*.safetensors"))
+    hashes, fingerprint = weights_fingerprint(model_dir), model_fingerprint(model_dir)
+    assert {s.name for s in shards} <= set(hashes)
+    data = bytearray(shards[-1].read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor of the last shard; the index is untouched
+    shards[-1].write_bytes(bytes(data))
+    os.utime(shards[-1], ns=(shards[-1].stat().st_atime_ns, shards[-1].stat().st_mtime_ns + 10**9))
+    assert weights_fingerprint(model_dir) != hashes
+    assert model_fingerprint(model_dir) != fingerprint
 
 
 def test_parse_size():

@@ -35,6 +35,17 @@ def find_weight_files(folder: Path) -> list[Path]:
     return found
 
 
+def weight_files_with_shards(folder: Path) -> list[Path]:
+    """Every file whose bytes are the weights: :func:`find_weight_files` with each ``*.index.json`` followed by the
+    shards it names. Use this to fingerprint or hash weights (a changed shard must change the fingerprint)."""
+    out: list[Path] = []
+    for f in find_weight_files(folder):
+        out.append(f)
+        if f.name.endswith(".index.json"):
+            out.extend(s for s in weight_index_shards(f) if s not in out)
+    return out
+
+
 def find_tokenizer_files(folder: Path) -> list[Path]:
     """The files a tokenizer can be built from."""
     return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]

@@ -97,14 +97,14 @@ def default_cache_dir() -> Path:
 def model_fingerprint(model_dir: Path) -> str:
     """The model's identity: the sha256 of its manifest when it has one, else of its weight files' names, sizes and
     modification times (cheap, and changes whenever the weights are rewritten)."""
-    from ..checkpoint.layout import find_weight_files
+    from ..checkpoint.layout import weight_files_with_shards
     from ..checkpoint.manifest import MANIFEST_NAME
 
     manifest = model_dir / MANIFEST_NAME
     if manifest.is_file():
         return "manifest:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
     h = hashlib.sha256()
-    for f in find_weight_files(model_dir):
+    for f in weight_files_with_shards(model_dir):
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     return "files:" + h.hexdigest()

@@ -117,9 +117,9 @@ def sha256_file(path: Path) -> str:
 
 def weights_fingerprint(folder: Path) -> dict[str, str]:
     """sha256 of each weight file of a model folder (what an export was made from)."""
-    from ..checkpoint.layout import find_weight_files
+    from ..checkpoint.layout import weight_files_with_shards
 
-    return {f.name: sha256_file(f) for f in find_weight_files(folder)}
+    return {f.name: sha256_file(f) for f in weight_files_with_shards(folder)}
 
 
 def _export(module: torch.nn.Module, sample: dict[str, torch.Tensor], path: Path, output: str, opset: int) -> None:
