@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 from transformers import TrainingArguments
 
 from ..errors import DataError
+
+logger = logging.getLogger("embedkit")
 
 
 @dataclass
@@ -70,6 +74,34 @@ class EmbedkitTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log (and write metrics.jsonl) every N steps."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no | steps | epoch."})
     plot_loss: bool = field(default=True, metadata={"help": "Write loss_curve.png into the output folder."})
+
+    def __post_init__(self) -> None:
+        _default_cpu_distributed(self)
+        super().__post_init__()
+
+
+def _accelerator_present() -> bool:
+    """Whether torch sees a GPU-like device a DDP process could run on (CUDA or XPU)."""
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
+def _default_cpu_distributed(args: TrainingArguments) -> None:
+    """``torchrun`` (``WORLD_SIZE > 1``) on a machine without a GPU: DDP over gloo on the CPU.
+
+    Without this the Trainer builds no process group of its own: every rank believes it is the main process (metrics
+    twice, unsynchronised gradients, every rank writing the same checkpoint). Said once, by rank 0.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or args.use_cpu or _accelerator_present():
+        return
+    args.use_cpu = True
+    if args.ddp_backend is None:
+        args.ddp_backend = "gloo"
+    if os.environ.get("RANK", "0") == "0":
+        logger.info("%s processes and no GPU: distributed training on the CPU with the %s backend",
+                    os.environ["WORLD_SIZE"], args.ddp_backend)
 
 
 def _flatten(config: dict[str, Any]) -> list[str]:

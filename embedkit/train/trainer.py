@@ -279,10 +279,13 @@ class EmbedkitTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not self.args.should_save:
-            return
-        output_dir = output_dir or self.args.output_dir
-        save_trained(self.accelerator.unwrap_model(self.model), Path(output_dir), self.spec, self.processing_class)
+        # every rank calls this; only rank 0 writes. The others wait, so the per-rank files the Trainer adds next
+        # (rng_state_N.pth) land in the finished folder instead of one the atomic rename then replaces
+        if self.args.should_save:
+            output_dir = output_dir or self.args.output_dir
+            save_trained(self.accelerator.unwrap_model(self.model), Path(output_dir), self.spec, self.processing_class)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         inner = self.accelerator.unwrap_model(model or self.model)
@@ -520,5 +523,6 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return 2
-    print(f"trained model: {final}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained model: {final}")
     return 0
