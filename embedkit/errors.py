@@ -39,4 +39,8 @@ class DataError(EmbedkitError, ValueError):
     """Input data (a text file, a jsonl line, a field) is malformed."""
 
 
-__all__ = ["EmbedkitError", "SpecError", "CheckpointError", "DataError"]
+class ArgumentError(EmbedkitError, ValueError):
+    """A command-line or configuration argument is unknown, missing or has a bad value."""
+
+
+__all__ = ["EmbedkitError", "SpecError", "CheckpointError", "DataError", "ArgumentError"]
