@@ -471,6 +471,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
         trainer.evaluate_retrieval("before", 0)
     trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
     inner = trainer.accelerator.unwrap_model(trainer.model)
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and not sharded:
+        check_ranks_in_sync(inner)
     final = out / (ADAPTER_DIR if model_args.lora else FINAL_MODEL_DIR)
     if trainer.is_world_process_zero():
         card = {"training": {"data": ", ".join(summary["files"]), "rows": summary["rows"],
@@ -492,6 +495,31 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return final
+
+
+def check_ranks_in_sync(model: torch.nn.Module) -> bool:
+    """After DDP training every process holds the same weights (bit for bit: the same averaged gradients, the same
+    optimizer); compare a per-tensor fingerprint across processes and say so (a warning when they differ, e.g. for
+    processes that never formed one DDP group). Returns whether they agree."""
+    world = torch.distributed.get_world_size()
+    local = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                         for p in model.parameters()]).to(_collective_device())
+    parts = [torch.empty_like(local) for _ in range(world)]
+    torch.distributed.all_gather(parts, local)
+    gap = max(float((part - local).abs().max()) for part in parts)
+    if gap > 0:
+        logger.warning("the %d training processes ended with different weights (fingerprint gap %.3g): gradients "
+                       "were not synchronised; the model saved is rank 0's", world, gap)
+    elif torch.distributed.get_rank() == 0:
+        logger.info("weights identical on all %d processes", world)
+    return gap == 0
+
+
+def _collective_device() -> torch.device:
+    """Where tensors for a collective live: the current GPU with nccl, else the CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _before_after(trainer: EmbedkitTrainer, out: Path) -> dict[str, str]:
