@@ -13,30 +13,27 @@ from ..errors import EmbedkitError
 
 
 def _click_modules() -> list:
-    """The click ``exceptions`` modules typer may raise from: its vendored copy (typer >= 0.2x ships ``typer._click``)
-    and, for older typers, the real click package."""
+    """The click ``exceptions`` modules typer raises from: its vendored copy (``typer._click``, typer >= 0.2x) and,
+    for older typers built on it, the real click package. ``except click.ClickException`` alone misses the first."""
     modules = []
-    vendored = getattr(typer, "_click", None)
-    if vendored is None:
-        try:
-            from typer import _click as vendored  # type: ignore[no-redef]
-        except ImportError:
-            vendored = None
-    if vendored is not None:
-        modules.append(vendored.exceptions)
     try:
-        import click
+        import typer._click.exceptions as vendored
     except ImportError:
         pass
     else:
-        modules.append(click.exceptions)
+        modules.append(vendored)
+    try:
+        import click.exceptions as real
+    except ImportError:
+        pass
+    else:
+        modules.append(real)
     return modules
 
 
 _CLICK = _click_modules()
 _CLICK_ERRORS = tuple(m.ClickException for m in _CLICK)
-_USAGE_ERRORS = tuple(m.UsageError for m in _CLICK)
-_NO_ARGS = tuple(getattr(m, "NoArgsIsHelpError") for m in _CLICK if hasattr(m, "NoArgsIsHelpError"))
+_NO_ARGS = tuple(m.NoArgsIsHelpError for m in _CLICK if hasattr(m, "NoArgsIsHelpError"))
 _EXITS = tuple({typer.Exit, *(m.Exit for m in _CLICK if hasattr(m, "Exit"))})
 _ABORTS = tuple({typer.Abort, *(m.Abort for m in _CLICK if hasattr(m, "Abort"))})
 # user mistakes about paths: reported as `error:` naming the path, not as a traceback

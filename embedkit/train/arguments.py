@@ -256,7 +256,8 @@ def format_help(prog: str = PROG) -> str:
           [_describe(train_fields[name], help_text=_short_help(name)) for name in COMMON_TRAINING_ARGUMENTS
            if name in train_fields])
     block("help", [("--config FILE", "YAML or JSON file of arguments (flags given after it win)."),
-                   ("-h, --help", "This help."), ("--help-all", "Every flag, all of transformers.TrainingArguments too.")])
+                   ("-h, --help", "This help."),
+                   ("--help-all", "Every flag, all of transformers.TrainingArguments too.")])
     lines.extend(["",
                   f"Example: {prog} --model_name_or_path minilm --train_data train.jsonl --output_dir out "
                   "--max_steps 100"])
