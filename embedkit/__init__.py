@@ -1,4 +1,4 @@
-"""embedkit: encode, fine-tune, convert, verify, serve and scale BGE-style text-embedding models, offline.
+"""embedkit: encode, fine-tune, evaluate, convert and verify BGE-style text-embedding models, offline.
 
 Example:
     >>> from embedkit import Embedder

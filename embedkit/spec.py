@@ -121,12 +121,12 @@ class EmbedderSpec:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise SpecError(
                     f"{name} must be a positive integer, got {value!r} ({self._source(name)})",
-                    hint="pass max_length=N (or query_max_length / passage_max_length) with N > 0",
+                    hint="pass max_length=N (or query_max_length / passage_max_length) with N > 0", param=name,
                 )
             if model_max_length is not None and value > model_max_length:
                 raise SpecError(
                     f"{name}={value} exceeds what the model can take ({model_max_length} tokens)",
-                    hint=f"pass max_length={model_max_length} or less",
+                    hint=f"pass max_length={model_max_length} or less", param=name,
                 )
         if self.truncate_dim is not None:
             td = self.truncate_dim

@@ -148,22 +148,41 @@ def test_cli_help_config_and_bad_data(tiny_bert, tmp_path, capsys):
     assert (tmp_path / "o" / "model" / "model.safetensors").is_file()
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_gather_cross_device_negatives(tiny_bert, tmp_path):
+def test_torchrun_on_cpu_as_the_readme_says(tiny_bert, tmp_path):
+    """The README's line exactly (no --ddp_backend / --use_cpu): on a machine without a GPU the two processes form
+    one gloo group on the CPU, log once, synchronise gradients, gather cross-device negatives, and only rank 0
+    writes (checkpoints complete with both ranks' RNG states)."""
+    import yaml
+
     data = make_data(tmp_path / "t.jsonl")
     out = tmp_path / "ddp"
+    tokens = _args(tiny_bert, data, out, "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "2",
+                   "--logging_steps", "1")
+    config = {tokens[i][2:]: tokens[i + 1] for i in range(0, len(tokens), 2)}
+    config["train_data"] = [config["train_data"]]
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "-m",
-           "embedkit.train", *_args(tiny_bert, data, out, "--max_steps", "3", "--save_strategy", "no",
-                                    "--logging_steps", "1", "--negatives_cross_device", "--ddp_backend", "gloo",
-                                    "--use_cpu")]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    readme = "torchrun --nproc_per_node 2 -m embedkit.train --config train.yaml --negatives_cross_device"
+    cmd = [torchrun, *readme.split()[1:]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PET_MASTER_PORT=str(29500 + os.getpid() % 1000),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+                                           os.environ.get("PYTHONPATH", "")]))
+    env["CUDA_VISIBLE_DEVICES"] = ""  # a machine without a GPU, even where the tests run on one
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs[-3000:]
+    assert logs.count("distributed training on the CPU with the gloo backend") == 1, logs[-3000:]
+    assert logs.count("weights identical on all 2 processes") == 1, logs[-3000:]  # gradients were synchronised
+    assert proc.stdout.count("trained model:") == 1 and logs.count("{'loss': ") == 3  # rank 0 logs, once a step
     _, rows = _losses(out)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]  # each metrics line once
     local = 8
     assert rows[0]["queries_in_loss"] == 2 * local and rows[0]["passages_in_loss"] == 2 * local * 4
-    assert (out / "model" / "model.safetensors").is_file()
+    checkpoint = out / "checkpoint-2"
+    for name in ("model.safetensors", "config.json", "trainer_state.json", "rng_state_0.pth", "rng_state_1.pth"):
+        assert (checkpoint / name).is_file(), name
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+    assert Embedder(out / "model", device="cpu", show_progress=False).encode(["hello"]).shape == (1, 32)
 
 
 def test_eval_data_before_during_after(tiny_bert, tmp_path):

@@ -47,7 +47,7 @@ def encode(
     """Encode every text of INPUT with MODEL and write the vectors to OUTPUT (.npy, float32, input order).
 
     With --m3, OUTPUT is an .npz: 'dense' (n, d) float32, and with --sparse / --colbert the lexical weights and the
-    ColBERT vectors (rows of text i: colbert_vecs[colbert_offsets[i]:colbert_offsets[i+1]]).
+    ColBERT vectors (rows of text i: colbert_vecs\\[colbert_offsets\\[i]:colbert_offsets\\[i+1]]).
 
     Example: embedkit encode minilm --input texts.txt --output vectors.npy
 

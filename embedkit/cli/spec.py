@@ -13,7 +13,9 @@ from .app import app
 def spec_command(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: {field: {value, rule}}."),
-    precision: str = typer.Option("auto", help="Also show which precision this would run in here, and why."),
+    precision: str = typer.Option(
+        "fp32", help="fp32 (default, exact, as in encode) | auto | bf16 | fp16 | int8: show the precision this "
+        "would run in here, and why."),
 ) -> None:
     """Print MODEL's resolved spec (pooling, normalization, instructions, lengths...) and who decided each field.
 

@@ -15,17 +15,17 @@ from .app import app
 def finetune_command(ctx: typer.Context) -> None:
     """Fine-tune an embedder (InfoNCE with hard, in-batch and cross-device negatives, distillation, LoRA, GradCache).
 
-    Takes every transformers TrainingArguments flag plus embedkit's; run `embedkit finetune --help` for the list.
-    Multi-process: torchrun --nproc_per_node 2 -m embedkit.train ...
+    Takes embedkit's flags and every transformers TrainingArguments flag: `embedkit finetune --help` lists embedkit's
+    and the common ones, `--help-all` all of them. Multi-process: torchrun --nproc_per_node 2 -m embedkit.train ...
 
     Example: embedkit finetune --model_name_or_path minilm --train_data train.jsonl --output_dir out --max_steps 100
     """
-    from ..train.arguments import parse_args
+    from ..train.arguments import help_requested, parse_args
     from ..train.trainer import run
 
-    try:
-        args = parse_args(list(ctx.args))
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        raise typer.Exit(int(exc.code or 0)) from None
-    final = run(*args)
+    text = help_requested(list(ctx.args))
+    if text is not None:
+        typer.echo(text)
+        return
+    final = run(*parse_args(list(ctx.args)))
     typer.echo(f"trained model: {final}")

@@ -2,6 +2,13 @@
 
 import sys
 
-from .trainer import main
+from .arguments import help_requested
+
+_help = help_requested(sys.argv[1:], prog="python -m embedkit.train")
+if _help is not None:
+    print(_help)
+    sys.exit(0)
+
+from .trainer import main  # noqa: E402 - after the help, which needs no torch start-up
 
 sys.exit(main())

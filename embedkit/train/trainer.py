@@ -279,10 +279,13 @@ class EmbedkitTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not self.args.should_save:
-            return
-        output_dir = output_dir or self.args.output_dir
-        save_trained(self.accelerator.unwrap_model(self.model), Path(output_dir), self.spec, self.processing_class)
+        # every rank calls this; only rank 0 writes. The others wait, so the per-rank files the Trainer adds next
+        # (rng_state_N.pth) land in the finished folder instead of one the atomic rename then replaces
+        if self.args.should_save:
+            output_dir = output_dir or self.args.output_dir
+            save_trained(self.accelerator.unwrap_model(self.model), Path(output_dir), self.spec, self.processing_class)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         inner = self.accelerator.unwrap_model(model or self.model)
@@ -501,6 +504,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
         trainer.evaluate_retrieval("before", 0)
     trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
     inner = trainer.accelerator.unwrap_model(trainer.model)
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and not sharded:
+        check_ranks_in_sync(inner)
     final = out / (ADAPTER_DIR if model_args.lora else FINAL_MODEL_DIR)
     if trainer.is_world_process_zero():
         card = {"training": {"data": ", ".join(summary["files"]), "rows": summary["rows"],
@@ -522,6 +528,31 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return final
+
+
+def check_ranks_in_sync(model: torch.nn.Module) -> bool:
+    """After DDP training every process holds the same weights (bit for bit: the same averaged gradients, the same
+    optimizer); compare a per-tensor fingerprint across processes and say so (a warning when they differ, e.g. for
+    processes that never formed one DDP group). Returns whether they agree."""
+    world = torch.distributed.get_world_size()
+    local = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                         for p in model.parameters()]).to(_collective_device())
+    parts = [torch.empty_like(local) for _ in range(world)]
+    torch.distributed.all_gather(parts, local)
+    gap = max(float((part - local).abs().max()) for part in parts)
+    if gap > 0:
+        logger.warning("the %d training processes ended with different weights (fingerprint gap %.3g): gradients "
+                       "were not synchronised; the model saved is rank 0's", world, gap)
+    elif torch.distributed.get_rank() == 0:
+        logger.info("weights identical on all %d processes", world)
+    return gap == 0
+
+
+def _collective_device() -> torch.device:
+    """Where tensors for a collective live: the current GPU with nccl, else the CPU."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _before_after(trainer: EmbedkitTrainer, out: Path) -> dict[str, str]:
@@ -553,5 +584,6 @@ def main(argv: list[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return 2
-    print(f"trained model: {final}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trained model: {final}")
     return 0
