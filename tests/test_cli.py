@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from embedkit import Embedder
 from embedkit.cli import main
@@ -94,3 +95,13 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("name", ["vectors.csv", "vectors.json", "vectors"])
+def test_encode_refuses_an_extension_it_does_not_write(tmp_path, capsys, name):
+    src = tmp_path / "in.txt"
+    src.write_text("a\nb\n")
+    assert main(["encode", "minilm", "-i", str(src), "-o", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert "writes a float32 .npy" in err and "hint: name it vectors.npy" in err
+    assert not (tmp_path / name).exists()

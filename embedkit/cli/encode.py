@@ -71,6 +71,10 @@ def encode(
     for out in outputs:
         refuse_overwriting_inputs(out, inputs=[input], model_dirs=[resolve_model_path(model)],
                                   flag="--output" if out == output else "--output (its .sparse.jsonl sibling)")
+    if not m3 and output.suffix.lower() != ".npy":  # never numpy bytes under a name that promises something else
+        raise SpecError(f"--output {output}: encode writes a float32 .npy array, not "
+                        f"{output.suffix or 'a file without an extension'}",
+                        hint=f"name it {output.with_suffix('.npy').name} (np.load reads it)")
     texts = read_texts(input, field=field)
     kind = "queries" if queries else "passages" if passages else None
     overrides = {}
