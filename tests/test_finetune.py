@@ -90,6 +90,32 @@ def test_resume_from_checkpoint(trained, tiny_bert, tmp_path):
     assert [r["step"] for r in rows if "loss" in r] == [25, 30]  # continued from step 20
 
 
+def test_output_dir_is_required_and_an_earlier_run_is_never_mixed_in(trained, tiny_bert, tmp_path, capsys):
+    from embedkit.cli import main
+    from embedkit.errors import ArgumentError
+
+    data, out, _ = trained
+    argv = _args(tiny_bert, data, out, "--max_steps", "2", "--save_strategy", "no")
+    no_out = [a for i, a in enumerate(argv) if a != "--output_dir" and argv[i - 1] != "--output_dir"]
+    with pytest.raises(ArgumentError, match="--output_dir is required"):
+        parse_args(no_out)
+    with pytest.raises(ArgumentError, match="is not empty") as exc:  # the trained run's folder
+        parse_args(argv)
+    assert "--resume_from_checkpoint" in exc.value.hint and "--overwrite_output_dir" in exc.value.hint
+    assert main(["finetune", *argv]) == 2
+    assert "error: --output_dir" in capsys.readouterr().err
+    # --overwrite_output_dir replaces the earlier run: its checkpoints and metrics do not mix with the new ones
+    again = tmp_path / "again"
+    import shutil
+
+    shutil.copytree(out, again)
+    run(*parse_args(_args(tiny_bert, data, again, "--max_steps", "2", "--save_strategy", "no", "--logging_steps",
+                          "1", "--overwrite_output_dir")))
+    assert not list(again.glob("checkpoint-*"))
+    _, rows = _losses(again)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+
+
 def test_no_in_batch_negatives_and_kd(tiny_bert, tmp_path):
     data = make_data(tmp_path / "kd.jsonl", scores=True)
     out = tmp_path / "kd"

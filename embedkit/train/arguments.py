@@ -73,6 +73,9 @@ class EmbedkitTrainingArguments(TrainingArguments):
     grad_cache_chunk: int | None = field(
         default=None, metadata={"help": "GradCache: encode in chunks of N sequences (large batches, small memory)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False: embedkit's collator needs them."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Train into a non-empty --output_dir: its previous checkpoint-* folders and "
+                                         "metrics are removed first, so two runs never mix."})
     logging_steps: float = field(default=10, metadata={"help": "Log (and write metrics.jsonl) every N steps."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to save checkpoints: no | steps | epoch."})
     plot_loss: bool = field(default=True, metadata={"help": "Write loss_curve.png into the output folder."})
@@ -157,7 +160,7 @@ HELP_GROUPS: dict[str, list[str]] = {
     "GradCache": ["grad_cache_chunk"],
     "bge-m3": ["unified", "self_distill", "self_distill_start_step"],
     "eval": ["eval_data", "eval_split"],
-    "output": ["plot_loss"],
+    "output": ["plot_loss", "overwrite_output_dir"],
 }
 # the transformers.TrainingArguments people set most (embedkit's defaults shown where it changes them)
 COMMON_TRAINING_ARGUMENTS = [
@@ -326,7 +329,31 @@ def parse_args(argv: list[str], prog: str = PROG) -> tuple[ModelArguments, DataA
         raise ArgumentError(str(exc), hint=f"run '{prog} --help-all' for the valid values") from None
     if rest:
         raise _unknown(rest, parser, prog)
+    check_output_dir(train_args, given="--output_dir" in argv or any(a.startswith("--output_dir=") for a in argv))
     return model_args, data_args, train_args
+
+
+def check_output_dir(train_args: EmbedkitTrainingArguments, *, given: bool = True) -> None:
+    """``--output_dir`` is required, and a non-empty one is refused unless the run resumes from one of its
+    checkpoints (``--resume_from_checkpoint``) or ``--overwrite_output_dir`` says to replace the earlier run.
+
+    Only the main process checks (under torchrun, rank 0 may already be writing there when another rank parses).
+    """
+    if not given:
+        raise ArgumentError("--output_dir is required: where checkpoints, metrics and the trained model go",
+                            hint="e.g. --output_dir out/my-model (a new or empty folder)")
+    if os.environ.get("RANK", "0") != "0" or train_args.resume_from_checkpoint or train_args.overwrite_output_dir:
+        return
+    out = Path(train_args.output_dir)
+    if out.is_dir() and any(out.iterdir()):
+        previous = sorted(p.name for p in out.iterdir())[:5]
+        raise ArgumentError(
+            f"--output_dir {out} is not empty ({', '.join(previous)}{', ...' if len(previous) == 5 else ''}): "
+            "training into it would mix this run with an earlier one",
+            hint="choose a new --output_dir, continue the earlier run with --resume_from_checkpoint "
+                 f"{out}/checkpoint-N, or replace it with --overwrite_output_dir")
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--output_dir {out} is a file", hint="choose a folder path")
 
 
 def _unknown(rest: list[str], parser: Any, prog: str) -> ArgumentError:

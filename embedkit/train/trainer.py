@@ -484,6 +484,20 @@ def check_resume_checkpoint(folder: str | Path, *, trust_pickle: bool = False) -
     return folder
 
 
+def _remove_previous_run(out: Path) -> None:
+    """``--overwrite_output_dir``: remove an earlier run's checkpoints and metrics so the two runs never mix (its
+    final model folders are replaced atomically when this run saves)."""
+    import shutil
+
+    old = sorted(p for p in out.glob("checkpoint-*") if p.is_dir()) + [p for p in (out / "metrics.jsonl",)
+                                                                        if p.is_file()]
+    if old:
+        logger.warning("--overwrite_output_dir: removing the earlier run's %s from %s",
+                       ", ".join(p.name for p in old), out)
+    for p in old:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments) -> Path:
     """Train, then save the final model to ``OUTPUT/model`` (and ``OUTPUT/adapter`` / ``OUTPUT/merged`` with LoRA).
 
@@ -494,6 +508,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
     out = Path(train_args.output_dir)
     if trainer.is_world_process_zero():
         logger.info("%s", format_summary(summary))
+        if train_args.overwrite_output_dir and not train_args.resume_from_checkpoint:
+            _remove_previous_run(out)
         out.mkdir(parents=True, exist_ok=True)
         from .._io import atomic_write
 
