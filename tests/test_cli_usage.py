@@ -157,3 +157,19 @@ def test_third_party_logs_quiet_unless_verbose(tmp_path):
         assert noise not in quiet.stderr, quiet.stderr
     verbose = _embedkit("--verbose", "eval", "minilm", "--data", bench, check_rc=0)
     assert "faiss" in verbose.stderr
+
+
+@pytest.mark.parametrize(("argv", "usage"), [
+    (["save"], "Usage: embedkit save [OPTIONS] SRC DST"),
+    (["merge"], "Usage: embedkit merge [OPTIONS] BASE ADAPTER DST"),
+    (["export", "onnx"], "Usage: embedkit export onnx [OPTIONS] MODEL DST"),
+    (["inspect"], "Usage: embedkit inspect [OPTIONS] DIR"),
+])
+def test_help_reads_like_other_commands(argv, usage, capsys):
+    """Arguments as SRC DST (not {src} {dst}); on/off flags without a <bool> type column."""
+    from embedkit.cli import main
+
+    assert main([*argv, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert usage in " ".join(out.split()), out[:400]
+    assert "<bool>" not in out and "{" not in out.split("Usage:")[1].splitlines()[0]

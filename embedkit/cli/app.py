@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -105,6 +106,33 @@ def quiet_third_party() -> None:
         disable_progress_bars()
 
 
+def _tidy_help(command: Any) -> Any:
+    """Make every command's help read alike: positional arguments as ``SRC DST`` (not ``{src} {dst}``) in the usage
+    line and the argument table, and no ``<bool>`` type column for on/off flags. Returns ``command``."""
+    import types
+
+    for param in getattr(command, "params", []):
+        if getattr(param, "param_type_name", "") == "argument":
+            param.metavar = param.metavar or param.name.upper()
+            required = param.required
+            param._usage_display_name = types.MethodType(
+                lambda self, req=required: self.metavar if req else f"[{self.metavar}]", param)
+        elif getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    get_help_option = command.get_help_option
+
+    def _help_option(ctx: Any) -> Any:  # click makes --help lazily: no <bool> for it either
+        option = get_help_option(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = _help_option
+    for sub in getattr(command, "commands", {}).values():
+        _tidy_help(sub)
+    return command
+
+
 def _register() -> None:
     # each module registers its commands on `app`
     from . import checkpoint, encode, eval, export, inspect, manifest, mine, onnx, parity, spec, train  # noqa: F401
@@ -120,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     _register()
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        rc = app(args=args, prog_name="embedkit", standalone_mode=False)
+        rc = _tidy_help(typer.main.get_command(app)).main(args=args, prog_name="embedkit", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
     except _EXITS as exc:
         return int(exc.exit_code)
