@@ -165,3 +165,19 @@ def test_tiny_tokenizer_knows_its_words(tiny_bert):
     tok = AutoTokenizer.from_pretrained(str(tiny_bert), local_files_only=True)
     ids = tok("the quick brown fox 中文")["input_ids"]
     assert tok.unk_token_id not in ids
+
+
+def test_library_loading_shows_no_transformers_bar_unless_verbose():
+    import os
+    import subprocess
+    import sys
+
+    code = "from embedkit import Embedder; Embedder('minilm').encode('x')"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), HF_HUB_OFFLINE="1")
+    for name in ("EMBEDKIT_VERBOSE", "HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TQDM_DISABLE"):
+        env.pop(name, None)
+    quiet = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and "Loading weights" not in quiet.stderr, quiet.stderr[-2000:]
+    loud = subprocess.run([sys.executable, "-c", code], env=dict(env, EMBEDKIT_VERBOSE="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert loud.returncode == 0 and "Loading weights" in loud.stderr

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,22 @@ def load_tokenizer(path: str | Path, hint: str | None = None) -> Any:
                               "holds); training checkpoints often lack them: copy them from the base model") from None
 
 
+@contextlib.contextmanager
+def _quiet_loading_bar() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar on every load: hide it (embedkit shows its own progress where it
+    matters) unless ``EMBEDKIT_VERBOSE`` is set (the CLI's ``--verbose``)."""
+    from transformers.utils import logging as hf_logging
+
+    if os.environ.get("EMBEDKIT_VERBOSE") or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = False, device: Any = None,
                auto_class: Any = None, ignorable_missing: tuple[str, ...] = _IGNORABLE_MISSING,
                what: str = "model") -> Any:
@@ -140,7 +159,8 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
         kwargs["dtype"] = dtype
     try:
         try:
-            model, info = auto_class.from_pretrained(str(folder), **kwargs)
+            with _quiet_loading_bar():
+                model, info = auto_class.from_pretrained(str(folder), **kwargs)
         except pickle.UnpicklingError as exc:
             if not trust_pickle:
                 raise CheckpointError(

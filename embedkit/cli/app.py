@@ -71,6 +71,8 @@ def _root(
     """embedkit: one embedding recipe, identical vectors everywhere."""
     _state["debug"] = _state["debug"] or debug
     _state["verbose"] = _state["verbose"] or verbose or _state["debug"]
+    if _state["verbose"]:
+        os.environ["EMBEDKIT_VERBOSE"] = "1"  # the library keeps transformers' loading bar too
     level = logging.DEBUG if _state["debug"] else (logging.WARNING if quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("embedkit").setLevel(level)
