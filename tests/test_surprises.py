@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 from safetensors.torch import load_file
 
 from embedkit import Embedder
