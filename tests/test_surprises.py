@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from safetensors.torch import load_file
 
 from embedkit import Embedder
@@ -59,3 +60,68 @@ def test_convert_to_adds_a_format_and_drop_other_formats_drops(tiny_bert, tmp_pa
     report = convert(only_st, to="bin", output=tmp_path / "both")
     assert report.formats == ["bin", "safetensors"] and report.kept_formats == ["safetensors"]
     assert (tmp_path / "both" / "model.safetensors").is_file() and (tmp_path / "both" / "pytorch_model.bin").is_file()
+
+
+# ---------------------------------------------------------------------- inspect's next steps run in order
+def _commands(steps):
+    """The shell commands in inspect's next steps: `embedkit ...` in backticks, or a step that starts with one
+    (its explanation follows in parentheses)."""
+    import re
+    import shlex
+
+    out = []
+    for step in steps:
+        quoted = re.findall(r"`(embedkit [^`]+)`", step)
+        if quoted:
+            out += [shlex.split(q) for q in quoted]
+        elif step.startswith("embedkit "):
+            words = shlex.split(step)
+            cut = next((i for i, w in enumerate(words) if w.startswith("(")), len(words))
+            out.append(words[:cut])
+    return out
+
+
+def _checkpoint_without_tokenizer(tiny_bert, folder, base=None):
+    """A Trainer checkpoint as transformers 4 wrote it: config (naming the base), weights, training state, and
+    neither tokenizer nor sentence-transformers files."""
+    import shutil
+
+    import torch
+
+    folder.mkdir()
+    cfg = json.loads((tiny_bert / "config.json").read_text())
+    if base is not None:
+        cfg["_name_or_path"] = str(base)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(tiny_bert / "model.safetensors", folder / "model.safetensors")
+    torch.save({"state": {}}, folder / "optimizer.pt")
+    torch.save({"last_epoch": 3}, folder / "scheduler.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 5}))
+    return folder
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_inspect_next_steps_without_tokenizer_succeed_in_order(tiny_bert, tmp_path, capsys, monkeypatch,
+                                                                recorded):
+    base = tmp_path / "base"
+    save(tiny_bert, base, pooling="cls", normalize=True)
+    ckpt = _checkpoint_without_tokenizer(tiny_bert, tmp_path / "checkpoint-5", base if recorded else None)
+    assert main(["inspect", str(ckpt), "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["next_steps"]
+    commands = _commands(steps)
+    assert [c[1] for c in commands][:1] == ["slim"] and len(commands) >= 2  # slim, then save (no pooling recorded)
+    for command in commands:
+        if command[1] in ("slim", "save"):
+            assert "--tokenizer" in command
+    if recorded:
+        assert not any("BASE_MODEL_FOLDER" in w for c in commands for w in c)
+        assert any(str(base) in w for c in commands for w in c)
+    else:
+        assert any("BASE_MODEL_FOLDER" in s and "replace" in s for s in steps)  # the sentence that says so
+        commands = [[str(base) if w == "BASE_MODEL_FOLDER" else w for w in c] for c in commands]
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        assert main(command[1:]) == 0, (command, capsys.readouterr())
+    from embedkit.checkpoint.layout import find_tokenizer_files
+
+    assert find_tokenizer_files(tmp_path / "checkpoint-5-slim") and find_tokenizer_files(tmp_path / "checkpoint-5-st")
