@@ -125,3 +125,22 @@ def test_inspect_next_steps_without_tokenizer_succeed_in_order(tiny_bert, tmp_pa
     from embedkit.checkpoint.layout import find_tokenizer_files
 
     assert find_tokenizer_files(tmp_path / "checkpoint-5-slim") and find_tokenizer_files(tmp_path / "checkpoint-5-st")
+
+
+# ---------------------------------------------------------------------- fresh training checkpoints verify
+def test_fresh_training_checkpoint_verifies(tiny_bert, tmp_path, capsys):
+    from tests.test_finetune import _args, make_data
+
+    data = make_data(tmp_path / "train.jsonl", n=32)
+    out = tmp_path / "out"
+    assert main(["finetune", *_args(tiny_bert, data, out, "--max_steps", "4", "--save_strategy", "steps",
+                                    "--save_steps", "2", "--report_to", "none")]) == 0
+    for step in (2, 4):
+        ckpt = out / f"checkpoint-{step}"
+        trainer_files = {"optimizer.pt", "scheduler.pt", "trainer_state.json"}
+        assert trainer_files <= {p.name for p in ckpt.iterdir()}
+        assert any(p.name.startswith("rng_state") for p in ckpt.iterdir())
+        manifest = json.loads((ckpt / "embedkit-manifest.json").read_text())
+        assert trainer_files <= set(manifest["files"])  # the manifest covers what the Trainer wrote after save()
+        capsys.readouterr()
+        assert main(["verify", str(ckpt)]) == 0, capsys.readouterr()
