@@ -144,3 +144,30 @@ def test_fresh_training_checkpoint_verifies(tiny_bert, tmp_path, capsys):
         assert trainer_files <= set(manifest["files"])  # the manifest covers what the Trainer wrote after save()
         capsys.readouterr()
         assert main(["verify", str(ckpt)]) == 0, capsys.readouterr()
+
+
+# ---------------------------------------------------------------------- eval: an unknown split is an error
+def test_eval_unknown_split_is_an_error_listing_the_splits(tiny_bert, tmp_path, capsys):
+    from embedkit.errors import DataError
+    from embedkit.eval.data import available_splits, load_eval_data
+    from tests.test_eval import _bench
+
+    custom = _bench(tmp_path / "custom")  # split-less queries.jsonl + qrels.jsonl: the default split "test"
+    assert available_splits(custom) == ["test"]
+    assert main(["eval", str(tiny_bert), "--data", str(custom), "--split", "dve", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "no split 'dve'" in err and "splits present: test (queries.jsonl + qrels.jsonl)" in err
+    assert "--split test" in err
+
+    beir = _bench(tmp_path / "beir", "beir", split="dev")
+    _bench(tmp_path / "beir2", "beir", split="test")
+    (beir / "qrels" / "test.tsv").write_bytes((tmp_path / "beir2" / "qrels" / "test.tsv").read_bytes())
+    assert available_splits(beir) == ["dev", "test"]
+    with pytest.raises(DataError, match="splits present: dev, test"):
+        load_eval_data(beir, "dve")
+    assert load_eval_data(beir, "dev").split == "dev"
+
+    split = _bench(tmp_path / "split", "split", split="dev")  # dev_queries.jsonl + dev_qrels.jsonl
+    with pytest.raises(DataError, match="no split 'test'; splits present: dev"):
+        load_eval_data(split)
+    assert set(load_eval_data(split, "dev").queries) == {"q1", "q2"}
