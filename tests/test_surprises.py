@@ -171,3 +171,24 @@ def test_eval_unknown_split_is_an_error_listing_the_splits(tiny_bert, tmp_path, 
     with pytest.raises(DataError, match="no split 'test'; splits present: dev"):
         load_eval_data(split)
     assert set(load_eval_data(split, "dev").queries) == {"q1", "q2"}
+
+
+# ---------------------------------------------------------------------- the int8 gate always sees the built-in sample
+def test_int8_gate_includes_the_builtin_sample_whatever_calibration_adds(tiny_bert, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from embedkit.export.onnx import export_onnx, gate_texts
+    from embedkit.parity import DEFAULT_TEXTS
+    from embedkit.precision import GATE_TEXTS
+
+    builtin = gate_texts()
+    assert set(DEFAULT_TEXTS) <= set(builtin) and set(GATE_TEXTS) <= set(builtin)
+    src = tmp_path / "src"
+    save(tiny_bert, src, pooling="cls", normalize=True)
+    calibration = tmp_path / "two.txt"
+    calibration.write_text("my first domain text\nmy second domain text\n", encoding="utf-8")
+    report = export_onnx(src, tmp_path / "out", quantize="int8", min_cosine=0.0, min_cosine_floor=0.0,
+                         calibration=calibration)
+    assert report.int8["kept"] and report.int8["calibration_texts"] == 2
+    assert report.int8["texts"] == len(builtin) + 2  # not just the 2 calibration texts
+    info = json.loads((tmp_path / "out" / "onnx" / "export.json").read_text())
+    assert info["parity"]["texts"] == len(builtin) + 2
