@@ -192,3 +192,46 @@ def test_int8_gate_includes_the_builtin_sample_whatever_calibration_adds(tiny_be
     assert report.int8["texts"] == len(builtin) + 2  # not just the 2 calibration texts
     info = json.loads((tmp_path / "out" / "onnx" / "export.json").read_text())
     assert info["parity"]["texts"] == len(builtin) + 2
+
+
+# ---------------------------------------------------------------------- --precision auto says what it picked
+def test_precision_auto_logs_choice_and_gate_once_and_encode_shows_it(minilm_dir, tmp_path, monkeypatch, caplog,
+                                                                        capsys):
+    import logging
+
+    import embedkit.precision
+
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(embedkit.precision, "cpu_flags", lambda cpuinfo=None: {"avx512_bf16"})  # a bf16 CPU
+    with caplog.at_level(logging.INFO, logger="embedkit"):
+        m = Embedder(minilm_dir, precision="auto", show_progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision:")]
+    assert len(lines) == 1 and lines[0].startswith("precision: bf16 (auto: the CPU has bf16 matrix units")
+    assert "quality gate passed: mean cosine 0.99" in lines[0] and "(cached)" not in lines[0]
+    assert m.precision_summary == "bf16 (auto, gate passed)"
+
+    caplog.clear()
+    src = tmp_path / "texts.txt"
+    src.write_text("hello world\nthe quick brown fox\n", encoding="utf-8")
+    with caplog.at_level(logging.INFO, logger="embedkit"):
+        assert main(["encode", str(minilm_dir), "-i", str(src), "-o", str(tmp_path / "v.npy"), "--precision",
+                     "auto", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(2, 384) float32" in out and "precision bf16 (auto, gate passed)" in out
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision:")]
+    assert len(lines) == 1 and lines[0].endswith("(cached)")  # the verdict measured above, said once
+
+    assert main(["encode", str(minilm_dir), "-i", str(src), "-o", str(tmp_path / "w.npy"), "--no-progress"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("precision fp32")
+
+
+def test_precision_failed_gate_is_said_in_the_summary(tiny_bert, tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="embedkit"):
+        m = Embedder(tiny_bert, pooling="mean", precision="fp16", precision_gate=(1.0000001, 1.0),
+                     show_progress=False)
+    assert m.precision_summary == "fp32 (fp16 failed the gate)"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision:")]
+    assert len(lines) == 1 and "quality gate failed for fp16" in lines[0]
