@@ -151,6 +151,42 @@ class Embedder:
 
     def _init_backend(self, backend: str, precision: str | None, dtype: Any, device: Any,
                       gate: tuple[float, float] | None, trust_pickle: bool) -> None:
+        """Pick the backend and precision (:meth:`_choose_backend`), then say once, at INFO, what was picked and
+        the quality gate's verdict (``precision: bf16 (auto: ...), quality gate passed: mean cosine ..., min ...
+        (cached)``) when a precision was asked for; :attr:`precision_summary` holds the short form."""
+        self.precision_requested: str | None = precision
+        self._gate_cached = False
+        self._gate_candidate: str | None = None
+        self._choose_backend(backend, precision, dtype, device, gate, trust_pickle)
+        if self.precision_requested is not None:
+            logger.info("precision: %s (%s)%s", self.precision, self.precision_reason, self._gate_note())
+
+    def _gate_note(self) -> str:
+        """``, quality gate passed: mean cosine 0.99991, min 0.99962 (cached)`` (empty without a gate)."""
+        q = self.quality or {}
+        if self.precision == "int8" and "mean_cosine" in q:
+            return (f", the export's int8 gate passed: mean cosine {q['mean_cosine']:.5f}, "
+                    f"min {q['min_cosine']:.5f}")
+        if "passed" not in q:
+            return ""
+        verdict = "passed" if q["passed"] else f"failed for {self._gate_candidate}"
+        return (f", quality gate {verdict}: mean cosine {q['mean_cosine']:.5f}, min {q['min_cosine']:.5f}"
+                + (" (cached)" if self._gate_cached else ""))
+
+    @property
+    def precision_summary(self) -> str:
+        """The precision in use, whether ``auto`` picked it, and the gate's verdict, e.g. ``"bf16 (auto, gate
+        passed)"``, ``"fp32 (auto, bf16 failed the gate)"``, ``"fp32"`` (what ``embedkit encode`` prints)."""
+        q = self.quality or {}
+        notes = ["auto"] if getattr(self, "precision_requested", None) == "auto" else []
+        if self.precision == "int8" and q.get("kept"):
+            notes.append("export gate passed")
+        elif "passed" in q:
+            notes.append("gate passed" if q["passed"] else f"{getattr(self, '_gate_candidate', None)} failed the gate")
+        return f"{self.precision} ({', '.join(notes)})" if notes else self.precision
+
+    def _choose_backend(self, backend: str, precision: str | None, dtype: Any, device: Any,
+                        gate: tuple[float, float] | None, trust_pickle: bool) -> None:
         """Pick the backend and precision; run (or reuse) the quality gate for anything but fp32."""
         from .backends.torch_backend import resolve_device
         from .precision import gate_key, judge, select_precision
@@ -160,6 +196,7 @@ class Embedder:
             if precision not in (None, named):
                 raise SpecError(f"dtype={dtype!r} and precision={precision!r} disagree", hint="pass only precision=")
             precision = named
+            self.precision_requested = named
         if backend not in ("torch", "onnx"):
             raise SpecError(f"unknown backend {backend!r}", hint="use 'torch' or 'onnx'")
         dev = resolve_device(device) if backend == "torch" else torch.device("cpu")
@@ -190,6 +227,7 @@ class Embedder:
             return
         key = gate_key(self.path, self.spec.to_dict(), choice.precision, str(dev))
         verdict = cached_verdict(key)
+        self._gate_cached, self._gate_candidate = verdict is not None, choice.precision
         if verdict is None:  # first use on this machine: measure against fp32 once
             self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
             reference = self.encode(list(GATE_TEXTS), show_progress=False)

@@ -50,6 +50,9 @@ class ConvertReport:
     bytes_before: int
     bytes_after: int
     files: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)  # every weight format written (``format`` first)
+    kept_formats: list[str] = field(default_factory=list)  # other formats the source held, re-written too
+    dropped_formats: list[str] = field(default_factory=list)  # formats the source held, left out on request
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -68,16 +71,28 @@ def parse_size(text: str | int | None) -> int | None:
     return int(float(m.group(1)) * 1024 ** " KMGT".index(unit or " ")) if unit else int(float(m.group(1)))
 
 
-def read_weights(folder: Path, *, trust_pickle: bool = False) -> tuple[dict[str, Any], str]:
-    """Every tensor of a model folder (single or sharded, safetensors preferred) and the format read."""
-    files = [f for f in find_weight_files(folder) if not f.name.endswith(".index.json")]
-    index_files = [f for f in find_weight_files(folder) if f.name.endswith(".index.json")]
-    for index in index_files:
+def weight_files_by_format(folder: Path) -> dict[str, list[Path]]:
+    """The weight files of ``folder`` per format (``"safetensors"`` first, then ``"bin"``; shards listed by their
+    index, each checked to stay inside the folder); formats the folder does not hold are absent."""
+    found = find_weight_files(folder)
+    files = [f for f in found if not f.name.endswith(".index.json")]
+    for index in (f for f in found if f.name.endswith(".index.json")):
         files += [s for s in weight_index_shards(index) if s not in files]  # entries stay inside the folder
-    st = [f for f in files if f.suffix == ".safetensors"]
-    chosen, fmt = (st, "safetensors") if st else ([f for f in files if f.suffix == ".bin"], "bin")
+    by_format = {fmt: [f for f in files if f.suffix == suffix] for fmt, suffix in
+                 (("safetensors", ".safetensors"), ("bin", ".bin"))}
+    return {fmt: fs for fmt, fs in by_format.items() if fs}
+
+
+def read_weights(folder: Path, *, trust_pickle: bool = False, fmt: str | None = None) -> tuple[dict[str, Any], str]:
+    """Every tensor of a model folder (single or sharded; safetensors preferred unless ``fmt`` names the format
+    to read) and the format read."""
+    by_format = weight_files_by_format(folder)
+    if fmt is None:
+        fmt = next(iter(by_format), "safetensors")
+    chosen = by_format.get(fmt, [])
     if not chosen:
-        raise CheckpointError(f"{folder} holds no weight files", hint="`embedkit inspect` shows what it holds")
+        raise CheckpointError(f"{folder} holds no weight files" + (f" in {fmt} format" if by_format else ""),
+                              hint="`embedkit inspect` shows what it holds")
     state: dict[str, Any] = {}
     for f in chosen:
         if not f.is_file():
@@ -190,12 +205,18 @@ def convert(
     output: str | Path | None = None,
     overwrite: bool = False,
     trust_pickle: bool = False,
+    drop_other_formats: bool = False,
 ) -> ConvertReport:
     """Rewrite a model folder's weights in another format / dtype / sharding, verified, in place or to ``output``.
 
     The source must load with its ``config.json`` (:func:`check_weights_fit`) before anything is written. Every
     tensor is read back and compared with what was meant to be written (exact); for a dtype change the max abs
     diff to the source and the embedding cosine on a few texts are reported.
+
+    A conversion never drops a weight format the folder holds unless asked: a folder with both
+    ``model.safetensors`` and ``pytorch_model.bin`` gets both re-written in the new dtype / sharding (and
+    ``to`` adds its format next to them). ``drop_other_formats=True`` keeps only ``to`` (default: the format
+    read). The report lists ``kept_formats`` and ``dropped_formats``.
 
     Example:
         >>> convert("my-model", to="bin", output="my-model-bin")
@@ -217,6 +238,9 @@ def convert(
     check_weights_fit(folder, trust_pickle=trust_pickle)
     original, found_fmt = read_weights(folder, trust_pickle=trust_pickle)
     target = to or found_fmt
+    present = list(weight_files_by_format(folder))
+    others = [f for f in present if f != target]
+    formats = [target] if drop_other_formats else [target, *others]
     converted = _cast(original, torch_dtype)
     files_before = list_files(folder)
     bytes_before = sum((folder / f).stat().st_size for f in files_before if classify_file(f) == WEIGHTS)
@@ -236,9 +260,11 @@ def convert(
                 cfg["torch_dtype"] = name
             with atomic_write(tmp / "config.json", "w") as fh:
                 fh.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        written_names = write_weights(tmp, converted, target, max_bytes)
-        written, _ = read_weights(tmp)
-        _compare(converted, written)
+        written_names: list[str] = []
+        for fmt in formats:
+            written_names += write_weights(tmp, converted, fmt, max_bytes)
+            written, _ = read_weights(tmp, fmt=fmt)  # every format written is read back and compared
+            _compare(converted, written)
         diffs = [float((original[k].float() - written[k].float()).abs().max()) if original[k].is_floating_point()
                  and original[k].numel() else 0.0 for k in original]
         max_diff = max(diffs, default=0.0)
@@ -249,4 +275,6 @@ def convert(
     exact = max_diff == 0.0 and all(original[k].dtype == written[k].dtype for k in original)
     return ConvertReport(path=dst, format=target, dtype=str(torch_dtype).replace("torch.", "") if torch_dtype else None,
                          tensors=len(original), exact=exact, max_abs_diff=max_diff, embedding_cosine_min=cosine,
-                         bytes_before=bytes_before, bytes_after=bytes_after, files=files_after)
+                         bytes_before=bytes_before, bytes_after=bytes_after, files=files_after, formats=formats,
+                         kept_formats=[] if drop_other_formats else others,
+                         dropped_formats=others if drop_other_formats else [])

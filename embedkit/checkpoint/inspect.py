@@ -534,7 +534,7 @@ def inspect_folder(path: str | Path) -> InspectReport:
             report.spec_assumed = [name for name, _, rule in rows if rule == ASSUMED]
 
     report.next_steps = _next_steps(report, folder, has_st=has_st, has_weights=has_weights,
-                                    has_adapter_weights=has_adapter_weights)
+                                    has_adapter_weights=has_adapter_weights, config=config)
     stale = stale_siblings(folder)  # left next to the folder by killed embedkit writes
     if stale:
         report.next_steps.append(f"{len(stale)} stale temporary sibling(s) of killed embedkit writes next to this "
@@ -543,9 +543,58 @@ def inspect_folder(path: str | Path) -> InspectReport:
     return report
 
 
+BASE_PLACEHOLDER = "BASE_MODEL_FOLDER"
+
+
+def _card_base_model(folder: Path) -> str | None:
+    """``base_model:`` from the front matter of the folder's ``README.md`` model card (written by ``save``)."""
+    path = folder / "README.md"
+    try:
+        text = path.read_text(encoding="utf-8")[:20000] if path.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("---"):
+        return None
+    for line in text.splitlines()[1:]:
+        if line.strip() == "---":
+            break
+        if line.startswith("base_model:"):
+            value = line.split(":", 1)[1].strip()
+            try:
+                value = json.loads(value) if value.startswith('"') else value.strip("'")
+            except json.JSONDecodeError:
+                return None
+            return value if isinstance(value, str) and value else None
+    return None
+
+
+def recorded_base_folder(folder: Path, config: dict[str, Any] | None, lora: dict[str, Any] | None) -> Path | None:
+    """The base model folder the checkpoint records (adapter_config.json's ``base_model_name_or_path``, config.json's
+    ``_name_or_path``, the model card's ``base_model``) when it is an existing local folder holding a tokenizer
+    (relative paths: from the working directory, as the commands will run); ``None`` when none is known."""
+    from ..models import resolve_model_path
+
+    names = [(lora or {}).get("base_model_name_or_path"), (config or {}).get("_name_or_path"),
+             _card_base_model(folder)]
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or "\x00" in name:
+            continue
+        try:
+            path = resolve_model_path(name)
+            if path.is_dir() and path.resolve() != folder.resolve() and layout.find_tokenizer_files(path):
+                return path
+        except OSError:
+            continue
+    return None
+
+
 def _next_steps(report: InspectReport, folder: Path, *, has_st: bool, has_weights: bool,
-                has_adapter_weights: bool) -> list[str]:
-    """Concrete commands, fixes first (missing config / tokenizer), then the main action, then spec / manifest."""
+                has_adapter_weights: bool, config: dict[str, Any] | None = None) -> list[str]:
+    """Concrete commands, fixes first (missing config / tokenizer), then the main action, then spec / manifest.
+
+    The commands succeed when run in order: without a tokenizer in the folder, ``slim`` / ``save`` get
+    ``--tokenizer BASE`` (the recorded base model folder, or the placeholder ``BASE_MODEL_FOLDER`` with a sentence
+    saying to replace it)."""
     d = _q(folder)
     steps: list[str] = []
     kind = report.kind
@@ -567,23 +616,31 @@ def _next_steps(report: InspectReport, folder: Path, *, has_st: bool, has_weight
         err = report.model.get("config_error")
         fixes.append(f"fix config.json ({err}) or copy it from the base model" if err
                      else f"config.json is missing: copy it from the base model into {d}")
+    tok = ""  # what `slim` / `save` need to find a tokenizer
     if needs_base_files and MISSING_TOKENIZER in missing:
-        fixes.append(f"no tokenizer files (common in training checkpoints): copy them from the base model "
-                     f"(tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.txt ...) into {d}, "
-                     "or pass `--tokenizer BASE` to `embedkit save`")
+        found = recorded_base_folder(folder, config, report.lora)
+        tok = f" --tokenizer {_q(found) if found else BASE_PLACEHOLDER}"
+        if found:
+            fixes.append(f"no tokenizer files (common in training checkpoints): the commands below take them from "
+                         f"the recorded base model {_q(found)} (`--tokenizer`)")
+        else:
+            fixes.append(f"no tokenizer files (common in training checkpoints) and no base model folder recorded: "
+                         f"replace {BASE_PLACEHOLDER} below with the folder of the model training started from "
+                         f"(or copy its tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
+                         f"vocab.txt ... into {d} and drop `--tokenizer`)")
     if needs_base_files and MISSING_WEIGHTS in missing and kind not in (DEEPSPEED_CHECKPOINT, UNKNOWN):
         err = report.model.get("weights_error")
         fixes.append(f"the weights are unreadable ({err}): copy or re-save them" if err
                      else "no model weights (model.safetensors / pytorch_model.bin) found")
 
     if kind == DEEPSPEED_CHECKPOINT:
-        steps.append(f"embedkit slim {d} {_q(str(folder) + '-slim')} "
+        steps.append(f"embedkit slim {d} {_q(str(folder) + '-slim')}{tok} "
                      "(needs `pip install deepspeed` to consolidate ZeRO shards)")
     elif adapter_only and (kind == LORA_ADAPTER or has_adapter_weights):
         how = "" if base_arg != "BASE" else " (BASE: the base model folder; adapter_config.json does not name it)"
         steps.append(f"embedkit merge {base_arg} {d} {_q(str(folder) + '-merged')}{how}")
     elif kind == TRAINING_CHECKPOINT:
-        steps.append(f"embedkit slim {d} {_q(str(folder) + '-slim')} "
+        steps.append(f"embedkit slim {d} {_q(str(folder) + '-slim')}{tok} "
                      f"(keeps what inference needs, drops {format_bytes(report.droppable_bytes)} of training state)")
     elif report.lora and has_weights:
         steps.append("adapter_config.json sits next to full weights: if the adapter is not merged yet, "
@@ -595,11 +652,11 @@ def _next_steps(report: InspectReport, folder: Path, *, has_st: bool, has_weight
     steps = fixes + steps
     if kind in (FULL_MODEL, SENTENCE_TRANSFORMERS_MODEL, TRAINING_CHECKPOINT) and report.spec is not None:
         if "pooling" in report.spec_assumed or "normalize" in report.spec_assumed:
-            steps.append(f"no pooling recorded: run `embedkit save {d} {_q(str(folder) + '-st')} --pooling cls` "
+            steps.append(f"no pooling recorded: run `embedkit save {d} {_q(str(folder) + '-st')}{tok} --pooling cls` "
                          "(or mean / last_token: whatever the model was trained with) so every loader agrees")
         elif not has_st:
-            steps.append(f"embedkit save {d} {_q(str(folder) + '-st')} to add the sentence-transformers layout "
-                         "(modules.json, 1_Pooling/...) that sentence-transformers, TEI and infinity read")
+            steps.append(f"embedkit save {d} {_q(str(folder) + '-st')}{tok} (adds the sentence-transformers layout: "
+                         "modules.json, 1_Pooling/... that sentence-transformers, TEI and infinity read)")
     if kind in (FULL_MODEL, SENTENCE_TRANSFORMERS_MODEL, ONNX_EXPORT) and not missing \
             and "embedkit-manifest.json" not in {f["path"] for f in report.files}:
         steps.append(f"embedkit manifest {d} (records every file's sha256 and size)")

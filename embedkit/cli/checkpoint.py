@@ -68,9 +68,14 @@ def convert_command(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write here instead of in place."),
     overwrite: bool = typer.Option(False, help="Replace --output if it exists."),
     trust_pickle: bool = typer.Option(False, help="Allow full unpickling of .bin weights (trusted files only)."),
+    drop_other_formats: bool = typer.Option(
+        False, "--drop-other-formats", help="Keep only the --to format (default: every weight format FOLDER holds "
+        "is re-written too)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Convert FOLDER's weights (safetensors <-> bin, dtype, sharding); every tensor is read back and compared.
+
+    Every weight format FOLDER holds is kept (re-written in the new dtype / sharding) unless --drop-other-formats.
 
     Example: embedkit convert my-model --to bin --output my-model-bin
     """
@@ -79,7 +84,7 @@ def convert_command(
     from ..checkpoint.convert import convert
 
     report = convert(folder, to=to, dtype=dtype, max_shard_size=max_shard_size, output=output,
-                     overwrite=overwrite, trust_pickle=trust_pickle)
+                     overwrite=overwrite, trust_pickle=trust_pickle, drop_other_formats=drop_other_formats)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
         return
@@ -89,6 +94,11 @@ def convert_command(
                + f", {_human(report.bytes_before)} -> {_human(report.bytes_after)}; round trip verified, {check}")
     if report.embedding_cosine_min is not None:
         typer.echo(f"embedding cosine vs the source (min over 5 texts): {report.embedding_cosine_min:.6f}")
+    if report.kept_formats:
+        typer.echo(f"kept {' and '.join(report.kept_formats)} as well (re-written the same way: {folder} held it); "
+                   f"pass --drop-other-formats to keep only {report.format}")
+    if report.dropped_formats:
+        typer.echo(f"dropped {' and '.join(report.dropped_formats)} (--drop-other-formats)")
 
 
 @app.command("slim")

@@ -92,7 +92,8 @@ def encode(
     embedder = Embedder(model, max_batch_tokens=max_batch_tokens, **options)
     vectors = _run(embedder, texts, kind, instruction, instruction_format)
     save_npy(output, vectors)
-    typer.echo(f"wrote {output} {tuple(vectors.shape)} float32 ({len(texts)} texts from {input})")
+    typer.echo(f"wrote {output} {tuple(vectors.shape)} float32 ({len(texts)} texts from {input}); "
+               f"precision {embedder.precision_summary}")
 
 
 def _run(embedder: Any, texts: list[str], kind: str | None, instruction: str | None,
@@ -125,4 +126,4 @@ def _encode_m3(model: str, texts: list[str], input: Path, output: Path, kind: st
     if colbert:
         parts.append(f"colbert ({sum(len(v) for v in result['colbert_vecs'])} token vectors)")
     typer.echo(f"wrote {output} [{', '.join(parts)}]{''.join(' and ' + w for w in written)} "
-               f"({len(texts)} texts from {input})")
+               f"({len(texts)} texts from {input}); precision {embedder.precision_summary}")

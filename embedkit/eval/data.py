@@ -7,6 +7,10 @@ Accepted layouts in a folder (``SPLIT`` defaults to ``test``):
 - qrels: ``SPLIT_qrels.jsonl`` or ``qrels.jsonl`` — ``{"qid", "docid", "relevance"}``, or BEIR's
   ``qrels/SPLIT.tsv`` — ``query-id<TAB>corpus-id<TAB>score`` with a header line.
 
+The split-less ``queries.jsonl`` / ``qrels.jsonl`` pair is the default split ``test``; any other split needs its
+own ``SPLIT_qrels.jsonl``, ``qrels/SPLIT.tsv`` or ``SPLIT_queries.jsonl``. An unknown split is an error that lists
+the splits present (never a silent fall back to the split-less files under another name).
+
 Queries without any relevant document are dropped (as BEIR does) and counted.
 """
 
@@ -79,7 +83,34 @@ def _pick(folder: Path, names: list[str], what: str) -> Path:
                     "(or qrels/SPLIT.tsv)")
 
 
-def load_eval_data(folder: str | Path, split: str = "test") -> EvalData:
+DEFAULT_SPLIT = "test"
+
+
+def available_splits(folder: str | Path) -> list[str]:
+    """The splits ``folder`` holds judgements for (sorted): ``SPLIT_qrels.jsonl``, ``qrels/SPLIT.tsv``,
+    ``SPLIT_queries.jsonl`` (with the split-less ``qrels.jsonl``), and ``test`` for the split-less pair."""
+    folder = Path(folder)
+    splits = {p.name[: -len("_qrels.jsonl")] for p in folder.glob("*_qrels.jsonl") if p.is_file()}
+    splits |= {p.stem for p in (folder / "qrels").glob("*.tsv") if p.is_file()}
+    if (folder / "qrels.jsonl").is_file():
+        splits.add(DEFAULT_SPLIT)
+        splits |= {p.name[: -len("_queries.jsonl")] for p in folder.glob("*_queries.jsonl") if p.is_file()}
+    return sorted(s for s in splits if s)
+
+
+def _check_split(folder: Path, split: str) -> None:
+    """:class:`DataError` listing the splits present when ``split`` is not one of them."""
+    present = available_splits(folder)
+    if not present or split in present:
+        return  # no judgements at all: the missing-file error below says what to add
+    unsplit = " (queries.jsonl + qrels.jsonl)" if (folder / "qrels.jsonl").is_file() else ""
+    listed = ", ".join(f"{s}{unsplit}" if s == DEFAULT_SPLIT else s for s in present)
+    raise DataError(f"{folder}: no split {split!r}; splits present: {listed}",
+                    hint=f"pass --split {present[0]}" + (" (or another listed split)" if len(present) > 1 else "")
+                    + f", or add {split}_queries.jsonl + {split}_qrels.jsonl (or qrels/{split}.tsv)")
+
+
+def load_eval_data(folder: str | Path, split: str = DEFAULT_SPLIT) -> EvalData:
     """Load and validate a retrieval benchmark folder (see the module docstring for the layouts).
 
     Example:
@@ -91,8 +122,11 @@ def load_eval_data(folder: str | Path, split: str = "test") -> EvalData:
         raise DataError(f"evaluation data {folder} is not a folder",
                         hint="pass a folder with corpus.jsonl, queries.jsonl and qrels (BEIR layout)")
     corpus_path = _pick(folder, ["corpus.jsonl"], "corpus")
+    _check_split(folder, split)
     queries_path = _pick(folder, [f"{split}_queries.jsonl", "queries.jsonl"], "queries")
-    qrels_path = _pick(folder, [f"{split}_qrels.jsonl", "qrels.jsonl", f"qrels/{split}.tsv"], "qrels")
+    unsplit_qrels = split == DEFAULT_SPLIT or (folder / f"{split}_queries.jsonl").is_file()
+    qrels_path = _pick(folder, [f"{split}_qrels.jsonl", *(["qrels.jsonl"] if unsplit_qrels else []),
+                                f"qrels/{split}.tsv"], "qrels")
 
     corpus: dict[str, str] = {}
     for lineno, obj in _jsonl(corpus_path):

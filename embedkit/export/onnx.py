@@ -226,6 +226,16 @@ def quantize_int8(fp32_path: Path, out_path: Path, reference: np.ndarray, feed: 
     return {"kept": False, "tried": tried, "min_cosine_gate": min_cosine, "min_cosine_floor": min_cosine_floor}
 
 
+def gate_texts() -> list[str]:
+    """The built-in varied sample every export's parity check and int8 gate run on (``--calibration`` adds to it):
+    :data:`CALIBRATION_TEXTS`, the precision gate's :data:`embedkit.precision.GATE_TEXTS` and ``embedkit parity``'s
+    default texts, so an int8 graph that passes the gate also holds up when ``parity`` measures it."""
+    from ..parity import DEFAULT_TEXTS
+    from ..precision import GATE_TEXTS
+
+    return list(dict.fromkeys([*CALIBRATION_TEXTS, *GATE_TEXTS, *DEFAULT_TEXTS]))
+
+
 def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSET, quantize: str | None = None,
                 min_cosine: float = 0.99, min_cosine_floor: float = 0.95, calibration: str | Path | None = None,
                 overwrite: bool = False, trust_pickle: bool = False) -> ExportReport:
@@ -266,9 +276,13 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     tokenizer = load_tokenizer(src)
     encoder = load_model(src, trust_pickle=trust_pickle).float().eval()
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
-    texts = list(CALIBRATION_TEXTS)
-    if calibration is not None:
-        texts = [t for t in read_texts(calibration, what="calibration file") if t.strip()] or texts
+    texts = gate_texts()
+    n_added = 0
+    if calibration is not None:  # added to the built-in varied sample, never instead of it
+        builtin = set(texts)
+        added = [t for t in read_texts(calibration, what="calibration file") if t.strip() and t not in builtin]
+        texts += list(dict.fromkeys(added))
+        n_added = len(texts) - len(builtin)
     max_length = max(spec.query_max_length, spec.passage_max_length)
     sample = tokenizer(["a short one", "and a slightly longer second sentence"], padding=True,
                        return_tensors="pt")
@@ -303,6 +317,7 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
             feed = _feeds(tokenizer, texts, max_length, names)[1]
             int8 = quantize_int8(tmp / EMBEDDER_FILE, tmp / EMBEDDER_INT8_FILE, session.run(None, feed)[0], feed,
                                  min_cosine=min_cosine, min_cosine_floor=min_cosine_floor)
+            int8["calibration_texts"] = n_added  # the rest of "texts" is the built-in sample
         files = [f for f in (TRANSFORMER_FILE, EMBEDDER_FILE, EMBEDDER_INT8_FILE) if (tmp / f).is_file()]
         info = {
             "format": "embedkit-onnx/1", "source": str(src), "opset": opset, "exporter": "torch.onnx (torchscript)",

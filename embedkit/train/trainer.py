@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import DataError, EmbedkitError
 from ..spec import EmbedderSpec
@@ -286,6 +287,18 @@ class EmbedkitTrainer(Trainer):
             save_trained(self.accelerator.unwrap_model(self.model), Path(output_dir), self.spec, self.processing_class)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's checkpoint save (model, optimizer, scheduler, RNG, ``trainer_state.json``), then the
+        manifest again, so it covers every file of the fresh ``checkpoint-N`` and ``embedkit verify`` passes."""
+        super()._save_checkpoint(model, trial)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank has written its RNG state before the manifest hashes it
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and folder.is_dir():
+            from ..checkpoint.manifest import write_manifest
+
+            write_manifest(folder, show_progress=False)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
         inner = self.accelerator.unwrap_model(model or self.model)
