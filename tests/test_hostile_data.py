@@ -174,10 +174,12 @@ def test_output_that_is_a_folder_or_under_a_file_names_the_users_path(tmp_path):
 def test_cli_encode_folder_input_and_folder_output(tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_text("a\nb\n")
-    out = tmp_path / "out_dir"
+    out = tmp_path / "out_dir.npy"  # a folder with the right extension: the folder check speaks
     out.mkdir()
-    assert main(["encode", "minilm", "-i", str(tmp_path), "-o", str(tmp_path / "v.npy")]) == 2
-    assert f"{tmp_path} is a folder" in capsys.readouterr().err
+    folder_input = tmp_path / "texts_dir"
+    folder_input.mkdir()
+    assert main(["encode", "minilm", "-i", str(folder_input), "-o", str(tmp_path / "v.npy")]) == 2
+    assert f"{folder_input} is a folder" in capsys.readouterr().err
     assert main(["encode", "minilm", "-i", str(src), "-o", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"output {out} is a folder" in err and ".tmp" not in err and "Traceback" not in err
