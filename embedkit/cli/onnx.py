@@ -18,9 +18,9 @@ def export_onnx_command(
     dst: Path = typer.Argument(..., help="Destination: a complete model folder with onnx/ inside."),
     opset: int = typer.Option(17, help="ONNX opset."),
     quantize: str | None = typer.Option(None, help="int8: also write onnx/embedder_int8.onnx if it passes the gate."),
-    min_cosine: float = typer.Option(0.99, help="int8 gate: mean cosine vs fp32 on the calibration texts."),
-    min_cosine_floor: float = typer.Option(0.95, help="int8 gate: minimum cosine over the calibration texts."),
-    calibration: Path | None = typer.Option(None, help="Calibration texts (.txt, one per line, or .jsonl)."),
+    min_cosine: float = typer.Option(0.99, help="int8 gate: mean cosine vs fp32 (built-in sample + --calibration)."),
+    min_cosine_floor: float = typer.Option(0.95, help="int8 gate: minimum cosine over the same texts."),
+    calibration: Path | None = typer.Option(None, help="Texts added to the built-in gate sample (.txt, one per line, or .jsonl)."),
     overwrite: bool = typer.Option(False, help="Replace DST if it exists (atomically)."),
     trust_pickle: bool = typer.Option(False, help="Allow full unpickling of .bin weights (trusted files only)."),
 ) -> None:
