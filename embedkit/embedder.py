@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from . import pooling
-from .backends.torch_backend import TorchBackend, resolve_dtype
+from .backends.torch_backend import TorchBackend
 from .batching import batches, chars_per_token, cut_to_budget, length_sorted_order, pad_features, token_budget_batches
-from .checkpoint.layout import check_model_folder
+from .dtypes import resolve_dtype
 from .errors import CheckpointError, EmbedkitError, SpecError
+from .folder.layout import check_model_folder
 from .models import resolve_model_path
 from .precision import DEFAULT_GATE, GATE_TEXTS, cached_verdict, store_verdict
 from .spec import EmbedderSpec, load_spec, model_token_limit
@@ -125,7 +126,7 @@ class Embedder:
         max_batch_tokens: int | None = None,
         trust_pickle: bool = False,
     ) -> None:
-        from .checkpoint.loading import load_tokenizer
+        from .folder.loading import load_tokenizer
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}", hint="e.g. batch_size=64")

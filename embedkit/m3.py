@@ -33,9 +33,9 @@ import torch
 
 from . import pooling
 from .batching import batches, pad_features
-from .checkpoint.m3_heads import COLBERT, MISSING_HEAD_HINT, SPARSE, load_head, write_head
 from .embedder import Embedder, _check_texts, check_finite
 from .errors import CheckpointError, DataError, SpecError
+from .folder.m3_heads import COLBERT, MISSING_HEAD_HINT, SPARSE, load_head, write_head
 from .spec import EmbedderSpec
 
 logger = logging.getLogger("embedkit")

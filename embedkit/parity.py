@@ -276,9 +276,9 @@ def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance
     """
     import importlib.util
 
-    from .checkpoint.layout import check_model_folder
     from .embedder import Embedder
-    from .export.onnx import EMBEDDER_FILE, EMBEDDER_INT8_FILE
+    from .folder.layout import check_model_folder
+    from .folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE
     from .models import resolve_model_path
 
     folder = check_model_folder(resolve_model_path(model))

@@ -97,7 +97,7 @@ def gate_key(model_dir: Path | None, spec: dict[str, Any], precision: str, devic
         return None
     import torch
 
-    from .eval.retrieval import model_fingerprint
+    from .folder.fingerprint import model_fingerprint
 
     machine = {"cpu": platform.processor() or platform.machine(), "flags": sorted(cpu_flags() & {
         "amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "f16c"}), "torch": torch.__version__,

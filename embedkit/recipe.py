@@ -206,7 +206,7 @@ def recipe(model: str | Path | EmbedderSpec, *, path: str | None = None, placeho
     """
     if isinstance(model, EmbedderSpec):
         return recipe_from_spec(model, PLACEHOLDER_PATH if placeholder or path is None else path, name=name)
-    from .checkpoint.layout import check_model_folder
+    from .folder.layout import check_model_folder
     from .models import ALIASES, resolve_model_path
     from .spec import load_spec
 

@@ -232,7 +232,7 @@ def match_family(model_dir: Path, config: dict[str, Any] | None = None) -> Famil
 # ---------------------------------------------------------------------- sentence-transformers files
 def _read_json(path: Path) -> Any:
     """One JSON file of the folder: invalid UTF-8 / JSON or an unreadable path is a CheckpointError naming it."""
-    from .checkpoint.layout import read_json_file  # TODO(issue 12): folder/ below spec removes this late import
+    from .folder.layout import read_json_file  # TODO(issue 12): folder/ below spec removes this late import
 
     return read_json_file(path)
 
@@ -510,7 +510,7 @@ def load_spec(model_dir: str | Path, overrides: dict[str, Any] | None = None, *,
         >>> load_spec("minilm").pooling
         'mean'
     """
-    from .checkpoint.layout import check_model_folder
+    from .folder.layout import check_model_folder
     from .models import resolve_model_path
 
     folder = check_model_folder(resolve_model_path(model_dir))

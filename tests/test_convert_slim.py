@@ -68,8 +68,7 @@ def test_a_changed_shard_changes_every_fingerprint(model_dir):
     """Regression: the sharded folder's fingerprints hashed only the *.index.json, so a changed shard went unnoticed
     (the ONNX export's "made from these weights" check and the eval corpus-cache key)."""
     from embedkit.checkpoint.manifest import MANIFEST_NAME
-    from embedkit.eval.retrieval import model_fingerprint
-    from embedkit.export.onnx import weights_fingerprint
+    from embedkit.folder.fingerprint import model_fingerprint, weights_fingerprint
 
     convert(model_dir, max_shard_size="30KB")
     (model_dir / MANIFEST_NAME).unlink()  # model_fingerprint prefers the manifest; test the weight files themselves

@@ -22,7 +22,7 @@ CHILD = textwrap.dedent("""
     import sys
     import safetensors.torch, torch, transformers  # warm up the imports: kills must land in the operation
     from transformers import AutoModel, AutoTokenizer, BertModel
-    import embedkit.checkpoint.manifest, embedkit.checkpoint.loading, embedkit.embedder, embedkit.checkpoint.card
+    import embedkit.checkpoint.manifest, embedkit.folder.loading, embedkit.embedder, embedkit.checkpoint.card
     from embedkit.checkpoint.convert import convert
     from embedkit.checkpoint.save import save
     from embedkit.checkpoint.slim import slim

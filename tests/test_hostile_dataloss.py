@@ -291,7 +291,7 @@ def test_destination_exists_error_is_a_checkpoint_error_and_a_file_exists_error(
 KILLED = textwrap.dedent("""
     import sys
     import safetensors.torch, torch, transformers
-    import embedkit.checkpoint.manifest, embedkit.checkpoint.loading, embedkit.checkpoint.card
+    import embedkit.checkpoint.manifest, embedkit.folder.loading, embedkit.checkpoint.card
     from embedkit.checkpoint.save import save
     src, dst = sys.argv[1:3]
     print("READY", flush=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from embedkit.checkpoint.inspect import KINDS, SCHEMA_VERSION, inspect_folder
-from embedkit.checkpoint.layout import FILE_CLASSES
 from embedkit.errors import CheckpointError
+from embedkit.folder.layout import FILE_CLASSES
 
 TOP_LEVEL_KEYS = {
     "schema_version", "path", "kind", "files", "classes", "total_bytes", "inference_bytes", "droppable_bytes",
@@ -136,7 +136,7 @@ def test_peft_training_checkpoint_suggests_merge(tmp_path):
 
 
 def test_minilm_sentence_transformers_model(minilm_dir):
-    from embedkit.checkpoint.safe_load import read_safetensors_header
+    from embedkit.folder.safe_load import read_safetensors_header
 
     report = inspect_folder(minilm_dir)
     assert report.kind == "sentence_transformers_model"

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from embedkit.checkpoint.safe_load import load_pickle, load_state_dict, read_safetensors_header
 from embedkit.errors import CheckpointError
+from embedkit.folder.safe_load import load_pickle, load_state_dict, read_safetensors_header
 
 
 class Evil:

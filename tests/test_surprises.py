@@ -122,7 +122,7 @@ def test_inspect_next_steps_without_tokenizer_succeed_in_order(tiny_bert, tmp_pa
     monkeypatch.chdir(tmp_path)
     for command in commands:
         assert main(command[1:]) == 0, (command, capsys.readouterr())
-    from embedkit.checkpoint.layout import find_tokenizer_files
+    from embedkit.folder.layout import find_tokenizer_files
 
     assert find_tokenizer_files(tmp_path / "checkpoint-5-slim") and find_tokenizer_files(tmp_path / "checkpoint-5-st")
 

@@ -26,7 +26,8 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError:
             raise EmbedkitError("backend='onnx' needs onnxruntime", hint="pip install 'embedkit[onnx]'") from None
-        from ..export.onnx import EMBEDDER_FILE, EMBEDDER_INT8_FILE, read_export_info, sha256_file, weights_fingerprint
+        from ..folder.fingerprint import sha256_file, weights_fingerprint
+        from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, read_export_info
 
         if precision not in PRECISIONS:
             raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")

@@ -9,30 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..dtypes import resolve_dtype
 from ..errors import SpecError
 
 logger = logging.getLogger("embedkit")
-
-DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``None`` -> float32; accepts ``"fp32" | "fp16" | "bf16"`` (and long names) or a ``torch.dtype``."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise SpecError(f"unsupported dtype {dtype}", hint="use fp32, fp16 or bf16")
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise SpecError(f"unknown dtype {dtype!r}", hint="use fp32, fp16 or bf16") from None
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> ``cuda`` when available, else ``cpu``."""
@@ -57,7 +37,7 @@ class TorchBackend:
 
     def __init__(self, model_dir: str | Path, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, *, trust_pickle: bool = False) -> None:
-        from ..checkpoint.loading import load_model
+        from ..folder.loading import load_model
 
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)

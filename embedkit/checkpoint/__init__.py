@@ -7,11 +7,11 @@ Example:
     True
 """
 
+from ..folder.layout import check_model_folder, classify_file, find_tokenizer_files, find_weight_files
+from ..folder.safe_load import load_state_dict
 from .convert import ConvertReport, convert
 from .inspect import InspectReport, inspect_folder
-from .layout import check_model_folder, classify_file, find_tokenizer_files, find_weight_files
 from .manifest import generate_keypair, verify_manifest, write_manifest
-from .safe_load import load_state_dict
 from .save import SaveResult, save
 from .slim import SlimReport, slim
 

@@ -12,8 +12,7 @@ from typing import Any
 
 from .._io import atomic_dir, atomic_write
 from ..errors import CheckpointError
-from ..models import resolve_model_path
-from .layout import (
+from ..folder.layout import (
     MANIFEST,
     WEIGHTS,
     check_destination,
@@ -22,7 +21,8 @@ from .layout import (
     list_files,
     weight_index_shards,
 )
-from .safe_load import load_state_dict
+from ..folder.safe_load import load_state_dict
+from ..models import resolve_model_path
 
 logger = logging.getLogger("embedkit")
 
@@ -187,10 +187,10 @@ def _embedding_cosine(src: Path, new: Path) -> float | None:
 
 def check_weights_fit(folder: Path, *, trust_pickle: bool = False) -> None:
     """Refuse weights that the folder's ``config.json`` cannot load: the same loader as inference
-    (:func:`embedkit.checkpoint.loading.load_model`: config types, shapes, nothing missing, no NaN / Inf, no integer
+    (:func:`embedkit.folder.loading.load_model`: config types, shapes, nothing missing, no NaN / Inf, no integer
     tensors where floats belong), so ``convert`` never writes a fresh manifest over a broken model. A folder without
     ``config.json`` (bare weights) has nothing to fit; its tensors are still read through the safe loader."""
-    from .loading import load_model
+    from ..folder.loading import load_model
 
     if (folder / "config.json").is_file():
         load_model(folder, trust_pickle=trust_pickle, device="cpu")
@@ -222,7 +222,7 @@ def convert(
         >>> convert("my-model", to="bin", output="my-model-bin")
         >>> convert("my-model", dtype="bf16")            # in place, atomically
     """
-    from ..backends.torch_backend import resolve_dtype
+    from ..dtypes import resolve_dtype
     from .manifest import write_manifest
 
     folder = resolve_model_path(src)

@@ -1,9 +1,9 @@
 """What a model / training-output folder is, what it holds, and what to do with it next (``embedkit inspect``).
 
 :func:`inspect_folder` reads file names, sizes, JSON files and safetensors headers for the summary (``.bin``
-weights go through :func:`embedkit.checkpoint.safe_load.load_state_dict`, which refuses untrusted pickles), then runs
-the inference loaders themselves on the CPU (:func:`embedkit.checkpoint.loading.load_tokenizer` and
-:func:`~embedkit.checkpoint.loading.load_model`: config types, missing / misshaped / integer / NaN tensors), so a
+weights go through :func:`embedkit.folder.safe_load.load_state_dict`, which refuses untrusted pickles), then runs
+the inference loaders themselves on the CPU (:func:`embedkit.folder.loading.load_tokenizer` and
+:func:`~embedkit.folder.loading.load_model`: config types, missing / misshaped / integer / NaN tensors), so a
 folder ``inspect`` finds no problem in is one ``encode`` loads. Every problem it meets (an invalid ``config.json``, a
 truncated weight file, a garbage tokenizer, a spec that does not resolve, a bge-m3 head that needs unpickling) is
 recorded in ``problems`` instead of raised; only a path that is not a folder raises.
@@ -18,11 +18,11 @@ The JSON form (:meth:`InspectReport.to_dict`, schema version :data:`SCHEMA_VERSI
     one of :data:`KINDS`.
 ``files``
     ``[{"path", "class", "size"}]`` for every file (sorted by path; ``class`` is one of
-    :data:`embedkit.checkpoint.layout.FILE_CLASSES`).
+    :data:`embedkit.folder.layout.FILE_CLASSES`).
 ``classes``
     ``{class: {"count", "bytes"}}`` for the classes present.
 ``total_bytes`` / ``inference_bytes`` / ``droppable_bytes``
-    all files / files in :data:`~embedkit.checkpoint.layout.INFERENCE_CLASSES` / files in ``droppable``.
+    all files / files in :data:`~embedkit.folder.layout.INFERENCE_CLASSES` / files in ``droppable``.
 ``droppable``
     paths not needed for inference: training state, RNG state, logs, and (when full weights exist) ZeRO shards
     and intermediate ``checkpoint-N/`` sub-folders.
@@ -72,7 +72,7 @@ from typing import Any
 
 from .._io import stale_siblings
 from ..errors import CheckpointError, EmbedkitError, SpecError
-from . import layout
+from ..folder import layout
 
 SCHEMA_VERSION = 1
 
@@ -192,7 +192,7 @@ def format_bytes(n: int) -> str:
 
 def _safetensors_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
     """``(elements, tensors, dtypes)`` summed over safetensors headers (no tensor data is read)."""
-    from .safe_load import read_safetensors_header
+    from ..folder.safe_load import read_safetensors_header
 
     elements = tensors = 0
     dtypes: set[str] = set()
@@ -208,7 +208,7 @@ def _safetensors_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
 
 def _state_dict_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
     """``(elements, tensors, dtypes)`` of pickle-based state dicts, loaded with ``weights_only``."""
-    from .safe_load import load_state_dict
+    from ..folder.safe_load import load_state_dict
 
     elements = tensors = 0
     dtypes: set[str] = set()
@@ -318,7 +318,7 @@ def _resolve_spec(folder: Path, config: dict[str, Any], complete: bool) -> Any:
 def _m3_head_problems(folder: Path, present: dict[str, bool], files: set[str], hidden_size: Any) -> list[str]:
     """What stops the bge-m3 heads from working: one head only, ``.safetensors`` only (FlagEmbedding reads ``.pt``),
     or a head that is unreadable or does not fit the model's hidden size."""
-    from .m3_heads import load_head
+    from ..folder.m3_heads import load_head
 
     if not any(present.values()):
         return []
@@ -347,7 +347,7 @@ def _load_problems(folder: Path, *, has_st: bool, has_tokenizer: bool, load_weig
     """What the inference loaders refuse, found by running them (the same code ``encode`` runs): ``modules.json``
     entries, the tokenizer, and the weights against ``config.json`` (names, shapes, dtypes, NaN / Inf). Loading
     the weights reads every tensor once, on the CPU."""
-    from .loading import load_model, load_tokenizer
+    from ..folder.loading import load_model, load_tokenizer
 
     problems = []
     checks = []

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import os
@@ -29,14 +28,13 @@ from typing import Any
 
 from .._io import _fsync_dir, atomic_write
 from ..errors import CheckpointError
+from ..folder.fingerprint import hash_file
+from ..folder.layout import MANIFEST_NAME, SIGNATURE_NAME
 
 logger = logging.getLogger("embedkit")
 
-MANIFEST_NAME = "embedkit-manifest.json"
-SIGNATURE_NAME = "embedkit-manifest.sig"
 MANIFEST_FORMAT = "embedkit-manifest/1"
 
-_CHUNK = 1 << 20
 _PROGRESS_MIN_BYTES = 256 << 20
 _MANIFEST_HINT = "write one with `embedkit manifest DIR` (only if you trust the folder's current content)"
 _KEYGEN_HINT = "create a key pair with `embedkit keygen KEYFILE` (writes KEYFILE and KEYFILE.pub)"
@@ -71,7 +69,7 @@ def build_manifest(folder: str | os.PathLike[str], *, show_progress: bool | None
     with _progress(root, names, show_progress, "Hashing") as bar:
         files = {}
         for name in names:
-            digest, size = _hash_file(root / name, bar)
+            digest, size = hash_file(root / name, bar, follow_symlinks=False)
             files[name] = {"sha256": digest, "size": size}
     return {"files": dict(sorted(files.items())), "format": MANIFEST_FORMAT}
 
@@ -237,7 +235,7 @@ def verify_manifest(folder: str | os.PathLike[str], public_key: str | os.PathLik
                 bar.update(size)
                 continue
             try:
-                digest, _ = _hash_file(file, bar)
+                digest, _ = hash_file(file, bar, follow_symlinks=False)
             except OSError as exc:  # replaced by a link (O_NOFOLLOW) or removed while hashing
                 report.modified.append(name)
                 report.problems.append(f"modified: {name} (cannot be read as a regular file: {exc.strerror})")
@@ -458,19 +456,6 @@ def _scan(root: Path) -> tuple[list[str], dict[str, str]]:
                 others[rel] = "a special file (FIFO, socket or device)"
         dirnames[:] = [d for d in dirnames if stat.S_ISDIR(os.lstat(os.path.join(dirpath, d)).st_mode)]
     return sorted(regular), others
-
-
-def _hash_file(path: Path, bar: Any = None) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    return h.hexdigest(), size
 
 
 def _progress(root: Path, names: list[str], show_progress: bool | None, desc: str) -> Any:

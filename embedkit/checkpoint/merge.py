@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, DataError, EmbedkitError
+from ..folder.layout import check_destination, check_model_folder, find_tokenizer_files
 from ..models import resolve_model_path
 from ..spec import EmbedderSpec, load_spec, read_sentence_transformers_spec, resolve_spec
-from .layout import check_destination, check_model_folder, find_tokenizer_files
 
 logger = logging.getLogger("embedkit")
 
@@ -176,7 +176,7 @@ def _check_every_adapter_tensor_loaded(peft_model: Any, adapter: Path, base: Pat
     """peft ignores adapter tensors that have no place in the base (e.g. layers it lacks): refuse that."""
     from peft import get_peft_model_state_dict
 
-    from .safe_load import load_state_dict
+    from ..folder.safe_load import load_state_dict
 
     weights = next(adapter / name for name in ADAPTER_WEIGHTS if (adapter / name).is_file())
     saved = set(load_state_dict(weights))
@@ -279,7 +279,7 @@ def merge_lora(
     _import_peft()
     from peft import PeftModel
 
-    from .loading import load_model, load_tokenizer
+    from ..folder.loading import load_model, load_tokenizer
     from .save import save
 
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:

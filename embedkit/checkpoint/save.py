@@ -17,10 +17,10 @@ from typing import Any
 
 from .._io import atomic_write, refuse_overwriting_inputs
 from ..errors import CheckpointError, SpecError
+from ..folder.layout import check_destination, check_model_folder, find_weight_files
+from ..folder.safe_load import load_state_dict, read_safetensors_header
 from ..models import model_display_name, resolve_model_path
 from ..spec import ARGUMENT, EmbedderSpec, model_token_limit, resolve_spec, sentence_transformers_files
-from .layout import check_destination, check_model_folder, find_weight_files
-from .safe_load import load_state_dict, read_safetensors_header
 
 logger = logging.getLogger("embedkit")
 
@@ -41,7 +41,7 @@ class SaveResult:
 
 
 def _torch_dtype(dtype: Any) -> Any:
-    from ..backends.torch_backend import resolve_dtype
+    from ..dtypes import resolve_dtype
 
     return None if dtype is None else resolve_dtype(dtype)
 
@@ -120,8 +120,8 @@ def save(
     Example:
         >>> save("checkpoint-1500", "my-model", pooling="cls", query_instruction="query: ")
     """
+    from ..folder.loading import load_model, load_tokenizer
     from .card import model_card
-    from .loading import load_model, load_tokenizer
     from .manifest import write_manifest
 
     if format not in FORMATS:
@@ -214,7 +214,7 @@ def _write_m3_heads(src: Path, folder: Path, hidden_size: int, *, trust_pickle: 
     Each head is read safely (no untrusted pickle) and checked against ``hidden_size`` first; the ``.pt`` is what
     FlagEmbedding's ``BGEM3FlagModel`` loads (it needs both heads), the ``.safetensors`` serves everything else.
     """
-    from .m3_heads import HEAD_NAMES, load_head, write_head
+    from ..folder.m3_heads import HEAD_NAMES, load_head, write_head
 
     for name in HEAD_NAMES:
         sd = load_head(src, name, hidden_size=hidden_size, out_features=1 if name == "sparse_linear" else None,
@@ -227,7 +227,7 @@ def _write_m3_heads(src: Path, folder: Path, hidden_size: int, *, trust_pickle: 
 def _write_given_m3_heads(heads: Any, folder: Path, hidden_size: int) -> None:
     """Write heads passed to :func:`save`: an object with ``colbert_linear`` / ``sparse_linear`` modules (e.g.
     :class:`embedkit.m3.M3Heads`) or a ``{name: state_dict}`` mapping; each checked against ``hidden_size``."""
-    from .m3_heads import HEAD_NAMES, check_linear_head, write_head
+    from ..folder.m3_heads import HEAD_NAMES, check_linear_head, write_head
 
     for name in HEAD_NAMES:
         item = heads.get(name) if isinstance(heads, dict) else getattr(heads, name, None)

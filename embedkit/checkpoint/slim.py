@@ -10,8 +10,7 @@ from typing import Any
 
 from .._io import atomic_dir
 from ..errors import CheckpointError
-from ..models import resolve_model_path
-from .layout import (
+from ..folder.layout import (
     MANIFEST,
     MODEL_CARD,
     SENTENCE_TRANSFORMERS,
@@ -25,6 +24,7 @@ from .layout import (
     find_weight_files,
     list_files,
 )
+from ..models import resolve_model_path
 
 logger = logging.getLogger("embedkit")
 
@@ -75,7 +75,7 @@ def slim(checkpoint: str | Path, dst: str | Path, *, tokenizer: str | Path | Non
         >>> report = slim("output/checkpoint-15478", "my-model")
         >>> report.bytes_saved
     """
-    from .loading import load_model
+    from ..folder.loading import load_model
     from .manifest import write_manifest
     from .save import _write_st_layout
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EmbedkitError
+from ..folder.fingerprint import model_fingerprint
 from .data import EvalData, load_eval_data
 
 logger = logging.getLogger("embedkit")
@@ -92,22 +93,6 @@ def default_cache_dir() -> Path:
     """``$EMBEDKIT_CACHE`` or ``~/.cache/embedkit``, + ``/corpus-embeddings``."""
     base = os.environ.get("EMBEDKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "embedkit")
     return Path(base) / "corpus-embeddings"
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """The model's identity: the sha256 of its manifest when it has one, else of its weight files' names, sizes and
-    modification times (cheap, and changes whenever the weights are rewritten)."""
-    from ..checkpoint.layout import weight_files_with_shards
-    from ..checkpoint.manifest import MANIFEST_NAME
-
-    manifest = model_dir / MANIFEST_NAME
-    if manifest.is_file():
-        return "manifest:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
-    h = hashlib.sha256()
-    for f in weight_files_with_shards(model_dir):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return "files:" + h.hexdigest()
 
 
 def cache_key(model_dir: Path, spec_dict: dict[str, Any], corpus_hash: str, dtype: str) -> str:

@@ -9,7 +9,6 @@ exporter's (1.23x faster), exported in 0.9 s vs 6.5 s, and needs no ``onnxscript
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,15 +23,12 @@ import torch
 
 from .. import pooling
 from ..errors import CheckpointError, EmbedkitError
+from ..folder.fingerprint import sha256_file, weights_fingerprint
+from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, EXPORT_INFO_FILE, TRANSFORMER_FILE
 from ..spec import EmbedderSpec
 
 logger = logging.getLogger("embedkit")
 
-ONNX_DIR = "onnx"
-TRANSFORMER_FILE = "onnx/model.onnx"
-EMBEDDER_FILE = "onnx/embedder.onnx"
-EMBEDDER_INT8_FILE = "onnx/embedder_int8.onnx"
-EXPORT_INFO_FILE = "onnx/export.json"
 DEFAULT_OPSET = 17
 
 CALIBRATION_TEXTS = (
@@ -105,21 +101,6 @@ class EmbedderGraph(TransformerGraph):
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         hidden = super().forward(input_ids, attention_mask, token_type_ids)
         return pooling.embed(hidden, attention_mask, self.spec.pooling, self.spec.normalize, self.spec.truncate_dim)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_fingerprint(folder: Path) -> dict[str, str]:
-    """sha256 of each weight file of a model folder (what an export was made from)."""
-    from ..checkpoint.layout import weight_files_with_shards
-
-    return {f.name: sha256_file(f) for f in weight_files_with_shards(folder)}
 
 
 def _export(module: torch.nn.Module, sample: dict[str, torch.Tensor], path: Path, output: str, opset: int) -> None:
@@ -253,16 +234,16 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     except ImportError:
         raise EmbedkitError("ONNX export needs onnx and onnxruntime", hint="pip install 'embedkit[onnx]'") from None
     from .._io import atomic_dir, atomic_write
-    from ..checkpoint.layout import (
+    from ..checkpoint.manifest import write_manifest
+    from ..embedder import Embedder
+    from ..folder.layout import (
         INFERENCE_CLASSES,
         check_destination,
         check_model_folder,
         classify_file,
         list_files,
     )
-    from ..checkpoint.loading import load_model, load_tokenizer
-    from ..checkpoint.manifest import write_manifest
-    from ..embedder import Embedder
+    from ..folder.loading import load_model, load_tokenizer
     from ..models import resolve_model_path
     from ..spec import load_spec
     from ..textio import read_texts
@@ -337,15 +318,3 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
                        min_cosine_floor)
     return ExportReport(path=dst, inputs=names, opset=opset, parity_max_abs_diff=worst, int8=int8, files=all_files,
                         seconds=time.perf_counter() - t0)
-
-
-def read_export_info(folder: Path) -> dict[str, Any]:
-    """``onnx/export.json`` of a folder; :class:`CheckpointError` when there is no export."""
-    path = Path(folder) / EXPORT_INFO_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{folder} has no ONNX export ({EXPORT_INFO_FILE} is missing)",
-                              hint=f"run `embedkit export onnx {folder} OUT` and load OUT")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc.msg})", hint="re-export the model") from None

@@ -350,8 +350,8 @@ def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: An
     """
     from transformers import AutoModelForSequenceClassification
 
-    from ..checkpoint.layout import check_model_folder
-    from ..checkpoint.loading import load_model, load_tokenizer
+    from ..folder.layout import check_model_folder
+    from ..folder.loading import load_model, load_tokenizer
 
     if not Path(path).expanduser().exists():
         raise CheckpointError(

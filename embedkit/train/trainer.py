@@ -334,7 +334,7 @@ def save_adapter(encoder: Any, folder: Path, spec: EmbedderSpec, tokenizer: Any)
 def load_trained_weights(model: EmbedderTrainingModel, folder: Path) -> None:
     """Resume: load the encoder (or adapter) weights written by :func:`save_trained` from ``folder``."""
     from ..checkpoint.convert import read_weights
-    from ..checkpoint.safe_load import load_state_dict
+    from ..folder.safe_load import load_state_dict
 
     if _is_peft(model.encoder):
         from peft import set_peft_model_state_dict
@@ -400,8 +400,8 @@ def apply_lora(encoder: Any, model_args: ModelArguments) -> Any:
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments,
                   ) -> tuple[EmbedkitTrainer, dict[str, Any]]:
     """Validate the data, resolve the spec, load the model, and wire up the trainer. Returns it and the summary."""
-    from ..checkpoint.layout import check_model_folder
-    from ..checkpoint.loading import load_model, load_tokenizer
+    from ..folder.layout import check_model_folder
+    from ..folder.loading import load_model, load_tokenizer
     from ..models import resolve_model_path
 
     if data_args.train_group_size < 1:
@@ -481,8 +481,8 @@ def check_resume_checkpoint(folder: str | Path, *, trust_pickle: bool = False) -
     """
     from transformers.trainer_pt_utils import safe_globals
 
-    from ..checkpoint.safe_load import load_pickle
     from ..errors import CheckpointError
+    from ..folder.safe_load import load_pickle
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -2,7 +2,7 @@
 
 FlagEmbedding stores each head as a ``torch.nn.Linear`` state dict (``weight`` ``(out, hidden)``, ``bias``
 ``(out,)``) in ``colbert_linear.pt`` / ``sparse_linear.pt`` beside the model. embedkit reads those through
-:func:`embedkit.checkpoint.safe_load.load_state_dict` (no untrusted pickle), also accepts
+:func:`embedkit.folder.safe_load.load_state_dict` (no untrusted pickle), also accepts
 ``colbert_linear.safetensors`` / ``sparse_linear.safetensors``, and writes both forms so that FlagEmbedding (``.pt``
 only) and safetensors-only consumers load the same tensors.
 
@@ -42,7 +42,7 @@ def head_files(folder: str | Path, name: str) -> list[Path]:
 
 def check_linear_head(path: Path, sd: dict[str, Any], hidden_size: int | None, out_features: int | None) -> None:
     """Raise :class:`CheckpointError` unless ``sd`` is a floating ``Linear(hidden_size, out_features)`` state dict
-    (NaN / Inf are refused when the file is read, by :func:`~embedkit.checkpoint.safe_load.load_state_dict`)."""
+    (NaN / Inf are refused when the file is read, by :func:`~embedkit.folder.safe_load.load_state_dict`)."""
     keys = set(sd)
     if keys != {"weight", "bias"}:
         raise CheckpointError(

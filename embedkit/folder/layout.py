@@ -11,6 +11,9 @@ from typing import Any
 from .._io import refuse_overwriting_inputs
 from ..errors import CheckpointError
 
+MANIFEST_NAME = "embedkit-manifest.json"
+SIGNATURE_NAME = "embedkit-manifest.sig"
+
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -302,7 +305,7 @@ def classify_file(relpath: str | Path) -> str:
         return LORA_ADAPTER
     if name in ("colbert_linear.pt", "sparse_linear.pt", "colbert_linear.safetensors", "sparse_linear.safetensors"):
         return M3_HEADS
-    if name in ("embedkit-manifest.json", "embedkit-manifest.sig"):
+    if name in (MANIFEST_NAME, SIGNATURE_NAME):
         return MANIFEST
     if name == "README.md":
         return MODEL_CARD
