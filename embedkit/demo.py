@@ -24,6 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write
+from .checkpoint.manifest import verify_manifest
+from .demo_data import build_numpy_dataset
+from .eval import evaluate, load_eval_data
+from .eval.retrieval import main_metrics, markdown_report, plot_comparison
+from .models import minilm_path
+from .train.mine import mine_hard_negatives
+
 # (full, small) settings
 EPOCHS = (2, 1)
 BATCH = (32, 16)
@@ -50,15 +58,9 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
     from rich.console import Console
     from rich.table import Table
 
-    from ._io import atomic_write
-    from .checkpoint.manifest import verify_manifest
-    from .demo_data import build_numpy_dataset
+    # lazy: these pull in torch; embedkit.demo stays importable without it (fast CLI start)
     from .embedder import Embedder
-    from .eval import evaluate, load_eval_data
-    from .eval.retrieval import main_metrics, markdown_report, plot_comparison
-    from .models import minilm_path
     from .train.arguments import parse_args
-    from .train.mine import mine_hard_negatives
     from .train.trainer import run
 
     console = console or Console()

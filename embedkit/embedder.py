@@ -12,13 +12,15 @@ import numpy as np
 import torch
 
 from . import pooling
-from .backends.torch_backend import TorchBackend
+from .backends.onnx_backend import OnnxBackend
+from .backends.torch_backend import TorchBackend, resolve_device
 from .batching import batches, chars_per_token, cut_to_budget, length_sorted_order, pad_features, token_budget_batches
 from .dtypes import resolve_dtype
 from .errors import CheckpointError, EmbedkitError, SpecError
 from .folder.layout import check_model_folder
+from .folder.loading import load_tokenizer
 from .models import resolve_model_path
-from .precision import DEFAULT_GATE, GATE_TEXTS, cached_verdict, store_verdict
+from .precision import DEFAULT_GATE, GATE_TEXTS, cached_verdict, gate_key, judge, select_precision, store_verdict
 from .spec import EmbedderSpec, load_spec, model_token_limit
 
 logger = logging.getLogger("embedkit")
@@ -126,8 +128,6 @@ class Embedder:
         max_batch_tokens: int | None = None,
         trust_pickle: bool = False,
     ) -> None:
-        from .folder.loading import load_tokenizer
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}", hint="e.g. batch_size=64")
         self.path = check_model_folder(resolve_model_path(model))
@@ -189,8 +189,6 @@ class Embedder:
     def _choose_backend(self, backend: str, precision: str | None, dtype: Any, device: Any,
                         gate: tuple[float, float] | None, trust_pickle: bool) -> None:
         """Pick the backend and precision; run (or reuse) the quality gate for anything but fp32."""
-        from .backends.torch_backend import resolve_device
-        from .precision import gate_key, judge, select_precision
 
         if dtype is not None:  # the older, torch-only spelling
             named = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype(dtype)]
@@ -204,8 +202,6 @@ class Embedder:
         choice = select_precision(precision, dev.type)
         self.precision, self.precision_reason = choice.precision, choice.reason
         if backend == "onnx" or choice.precision == "int8":
-            from .backends.onnx_backend import OnnxBackend
-
             onnx_precision = "int8" if choice.precision == "int8" else "fp32"
             if backend == "onnx" and choice.precision not in ("fp32", "int8"):
                 raise SpecError(f"precision={choice.precision!r} is not available for backend='onnx'",

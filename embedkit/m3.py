@@ -37,6 +37,7 @@ from .embedder import Embedder, _check_texts, check_finite
 from .errors import CheckpointError, DataError, SpecError
 from .folder.m3_heads import COLBERT, MISSING_HEAD_HINT, SPARSE, load_head, write_head
 from .spec import EmbedderSpec
+from .textio import writing
 
 logger = logging.getLogger("embedkit")
 
@@ -307,7 +308,6 @@ def m3_arrays(result: dict[str, Any], colbert_dim: int | None = None) -> dict[st
 
 def save_m3_npz(path: str | Path, result: dict[str, Any], colbert_dim: int | None = None) -> Path:
     """Write :func:`m3_arrays` of ``result`` to ``path`` (``.npz``, uncompressed) atomically; return the path."""
-    from .textio import writing
 
     path = Path(path)
     with writing(path) as fh:
@@ -319,7 +319,6 @@ def save_lexical_jsonl(path: str | Path, lexical_weights: Sequence[LexicalWeight
     """One ``{"token_id": weight}`` JSON object per text (input order), written atomically; return the path."""
     import json
 
-    from .textio import writing
 
     path = Path(path)
     with writing(path, mode="w") as fh:

@@ -27,6 +27,10 @@ from typing import Any
 import numpy as np
 
 from .errors import EmbedkitError
+from .folder.layout import check_model_folder
+from .folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE
+from .models import resolve_model_path
+from .recipe import recipe
 from .spec import POOLING_MODES, EmbedderSpec
 
 logger = logging.getLogger("embedkit")
@@ -186,7 +190,6 @@ def run_recipe(code: str, texts: list[str], *, timeout: float = RECIPE_TIMEOUT) 
 
 def _recipe_engine(folder: Path) -> Encoder:
     """The standalone recipe, run by :func:`run_recipe` once per list of texts (both sides in one process)."""
-    from .recipe import recipe
 
     code = recipe(folder)
     cache: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
@@ -237,6 +240,7 @@ def diagnose(reference: Any, target: np.ndarray, texts: list[str], folder: Path,
     """Which one-field change of the reference's spec reproduces ``target`` (queries then passages)."""
     import torch
 
+    # lazy: pulls in torch; embedkit.parity stays importable without it (fast CLI start)
     from .embedder import Embedder
 
     model, tokenizer, spec = reference.backend.model, reference.tokenizer, reference.spec
@@ -276,10 +280,8 @@ def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance
     """
     import importlib.util
 
+    # lazy: pulls in torch; embedkit.parity stays importable without it (fast CLI start)
     from .embedder import Embedder
-    from .folder.layout import check_model_folder
-    from .folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE
-    from .models import resolve_model_path
 
     folder = check_model_folder(resolve_model_path(model))
     texts = list(texts or DEFAULT_TEXTS)

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write
 from .errors import SpecError
+from .folder.fingerprint import model_fingerprint
 
 logger = logging.getLogger("embedkit")
 
@@ -97,7 +99,6 @@ def gate_key(model_dir: Path | None, spec: dict[str, Any], precision: str, devic
         return None
     import torch
 
-    from .folder.fingerprint import model_fingerprint
 
     machine = {"cpu": platform.processor() or platform.machine(), "flags": sorted(cpu_flags() & {
         "amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "f16c"}), "torch": torch.__version__,
@@ -119,7 +120,6 @@ def cached_verdict(key: str | None) -> dict[str, Any] | None:
 def store_verdict(key: str | None, verdict: dict[str, Any]) -> None:
     if key is None:
         return
-    from ._io import atomic_write
 
     path = cache_path()
     try:

@@ -21,7 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import SpecError
-from .spec import EmbedderSpec
+from .folder.layout import check_model_folder
+from .models import ALIASES, resolve_model_path
+from .spec import EmbedderSpec, load_spec
 
 PLACEHOLDER_PATH = "path/to/this/folder"
 """What the snippet loads from when the real folder is not known (the model card) or not wanted."""
@@ -206,9 +208,6 @@ def recipe(model: str | Path | EmbedderSpec, *, path: str | None = None, placeho
     """
     if isinstance(model, EmbedderSpec):
         return recipe_from_spec(model, PLACEHOLDER_PATH if placeholder or path is None else path, name=name)
-    from .folder.layout import check_model_folder
-    from .models import ALIASES, resolve_model_path
-    from .spec import load_spec
 
     folder = check_model_folder(resolve_model_path(model))
     spec = load_spec(folder)

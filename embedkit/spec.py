@@ -18,7 +18,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write
 from .errors import CheckpointError, SpecError
+from .folder.layout import check_model_folder, read_json_file
+from .models import resolve_model_path
 
 logger = logging.getLogger("embedkit")
 
@@ -232,7 +235,6 @@ def match_family(model_dir: Path, config: dict[str, Any] | None = None) -> Famil
 # ---------------------------------------------------------------------- sentence-transformers files
 def _read_json(path: Path) -> Any:
     """One JSON file of the folder: invalid UTF-8 / JSON or an unreadable path is a CheckpointError naming it."""
-    from .folder.layout import read_json_file  # TODO(issue 12): folder/ below spec removes this late import
 
     return read_json_file(path)
 
@@ -510,8 +512,6 @@ def load_spec(model_dir: str | Path, overrides: dict[str, Any] | None = None, *,
         >>> load_spec("minilm").pooling
         'mean'
     """
-    from .folder.layout import check_model_folder
-    from .models import resolve_model_path
 
     folder = check_model_folder(resolve_model_path(model_dir))
     config = _read_json_object(folder / "config.json", CheckpointError)
@@ -592,7 +592,6 @@ def sentence_transformers_files(spec: EmbedderSpec, hidden_size: int) -> tuple[d
 
 def write_sentence_transformers_files(folder: str | Path, spec: EmbedderSpec, hidden_size: int) -> list[str]:
     """Write the sentence-transformers layout of ``spec`` into ``folder`` (each file atomically); return warnings."""
-    from ._io import atomic_write
 
     folder = Path(folder)
     files, warnings = sentence_transformers_files(spec, hidden_size)

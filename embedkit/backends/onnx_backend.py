@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, EmbedkitError, SpecError
+from ..folder.fingerprint import sha256_file, weights_fingerprint
+from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, read_export_info
 
 PRECISIONS = ("fp32", "int8")
 
@@ -26,8 +28,6 @@ class OnnxBackend:
             import onnxruntime as ort
         except ImportError:
             raise EmbedkitError("backend='onnx' needs onnxruntime", hint="pip install 'embedkit[onnx]'") from None
-        from ..folder.fingerprint import sha256_file, weights_fingerprint
-        from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, read_export_info
 
         if precision not in PRECISIONS:
             raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")

@@ -11,6 +11,7 @@ import torch
 
 from ..dtypes import resolve_dtype
 from ..errors import SpecError
+from ..folder.loading import load_model
 
 logger = logging.getLogger("embedkit")
 
@@ -37,8 +38,6 @@ class TorchBackend:
 
     def __init__(self, model_dir: str | Path, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, *, trust_pickle: bool = False) -> None:
-        from ..folder.loading import load_model
-
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         self._init_model(load_model(model_dir, dtype=self.dtype, trust_pickle=trust_pickle, device=self.device))

@@ -21,8 +21,11 @@ from ..folder.layout import (
     list_files,
     weight_index_shards,
 )
+from ..folder.loading import load_model
 from ..folder.safe_load import load_state_dict
 from ..models import resolve_model_path
+from ..spec import load_spec
+from .manifest import write_manifest
 
 logger = logging.getLogger("embedkit")
 
@@ -169,8 +172,8 @@ def _compare(expected: dict[str, Any], written: dict[str, Any]) -> None:
 
 def _embedding_cosine(src: Path, new: Path) -> float | None:
     """Minimum cosine between the source's and the converted model's embeddings on a few texts."""
+    # lazy: pulls in torch; embedkit.checkpoint.convert stays importable without it (fast CLI start)
     from ..embedder import Embedder
-    from ..spec import load_spec
 
     try:
         spec = load_spec(src, warn=False)
@@ -190,7 +193,6 @@ def check_weights_fit(folder: Path, *, trust_pickle: bool = False) -> None:
     (:func:`embedkit.folder.loading.load_model`: config types, shapes, nothing missing, no NaN / Inf, no integer
     tensors where floats belong), so ``convert`` never writes a fresh manifest over a broken model. A folder without
     ``config.json`` (bare weights) has nothing to fit; its tensors are still read through the safe loader."""
-    from ..folder.loading import load_model
 
     if (folder / "config.json").is_file():
         load_model(folder, trust_pickle=trust_pickle, device="cpu")
@@ -222,8 +224,8 @@ def convert(
         >>> convert("my-model", to="bin", output="my-model-bin")
         >>> convert("my-model", dtype="bf16")            # in place, atomically
     """
+    # lazy: pulls in torch; embedkit.checkpoint.convert stays importable without it (fast CLI start)
     from ..dtypes import resolve_dtype
-    from .manifest import write_manifest
 
     folder = resolve_model_path(src)
     if not folder.is_dir():

@@ -73,6 +73,11 @@ from typing import Any
 from .._io import stale_siblings
 from ..errors import CheckpointError, EmbedkitError, SpecError
 from ..folder import layout
+from ..folder.loading import load_model, load_tokenizer
+from ..folder.m3_heads import load_head
+from ..folder.safe_load import load_state_dict, read_safetensors_header
+from ..models import resolve_model_path
+from ..spec import ASSUMED, describe, load_spec, model_token_limit, resolve_spec
 
 SCHEMA_VERSION = 1
 
@@ -192,7 +197,6 @@ def format_bytes(n: int) -> str:
 
 def _safetensors_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
     """``(elements, tensors, dtypes)`` summed over safetensors headers (no tensor data is read)."""
-    from ..folder.safe_load import read_safetensors_header
 
     elements = tensors = 0
     dtypes: set[str] = set()
@@ -208,7 +212,6 @@ def _safetensors_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
 
 def _state_dict_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
     """``(elements, tensors, dtypes)`` of pickle-based state dicts, loaded with ``weights_only``."""
-    from ..folder.safe_load import load_state_dict
 
     elements = tensors = 0
     dtypes: set[str] = set()
@@ -306,7 +309,6 @@ def _lora_info(folder: Path, files: list[str]) -> dict[str, Any]:
 
 def _resolve_spec(folder: Path, config: dict[str, Any], complete: bool) -> Any:
     """The folder's :class:`EmbedderSpec` (``load_spec`` when the folder is complete, else from its files)."""
-    from ..spec import load_spec, model_token_limit, resolve_spec
 
     if complete:
         return load_spec(folder, warn=False)
@@ -318,7 +320,6 @@ def _resolve_spec(folder: Path, config: dict[str, Any], complete: bool) -> Any:
 def _m3_head_problems(folder: Path, present: dict[str, bool], files: set[str], hidden_size: Any) -> list[str]:
     """What stops the bge-m3 heads from working: one head only, ``.safetensors`` only (FlagEmbedding reads ``.pt``),
     or a head that is unreadable or does not fit the model's hidden size."""
-    from ..folder.m3_heads import load_head
 
     if not any(present.values()):
         return []
@@ -347,7 +348,6 @@ def _load_problems(folder: Path, *, has_st: bool, has_tokenizer: bool, load_weig
     """What the inference loaders refuse, found by running them (the same code ``encode`` runs): ``modules.json``
     entries, the tokenizer, and the weights against ``config.json`` (names, shapes, dtypes, NaN / Inf). Loading
     the weights reads every tensor once, on the CPU."""
-    from ..folder.loading import load_model, load_tokenizer
 
     problems = []
     checks = []
@@ -375,8 +375,6 @@ def _checkpoint_subfolders(folder: Path) -> list[str]:
 
 
 def _check_folder(path: str | Path) -> Path:
-    from ..models import resolve_model_path
-
     folder = resolve_model_path(path).expanduser()
     if not folder.exists():
         raise CheckpointError(
@@ -527,8 +525,6 @@ def inspect_folder(path: str | Path) -> InspectReport:
             report.spec_error = exc.message
             report.problems.append(f"spec: {exc.message}")
         else:
-            from ..spec import ASSUMED, describe
-
             rows = describe(spec)
             report.spec = {name: {"value": value, "rule": rule} for name, value, rule in rows}
             report.spec_assumed = [name for name, _, rule in rows if rule == ASSUMED]
@@ -572,7 +568,6 @@ def recorded_base_folder(folder: Path, config: dict[str, Any] | None, lora: dict
     """The base model folder the checkpoint records (adapter_config.json's ``base_model_name_or_path``, config.json's
     ``_name_or_path``, the model card's ``base_model``) when it is an existing local folder holding a tokenizer
     (relative paths: from the working directory, as the commands will run); ``None`` when none is known."""
-    from ..models import resolve_model_path
 
     names = [(lora or {}).get("base_model_name_or_path"), (config or {}).get("_name_or_path"),
              _card_base_model(folder)]

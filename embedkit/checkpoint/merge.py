@@ -19,8 +19,11 @@ import numpy as np
 
 from ..errors import CheckpointError, DataError, EmbedkitError
 from ..folder.layout import check_destination, check_model_folder, find_tokenizer_files
+from ..folder.loading import load_model, load_tokenizer
+from ..folder.safe_load import load_state_dict
 from ..models import resolve_model_path
-from ..spec import EmbedderSpec, load_spec, read_sentence_transformers_spec, resolve_spec
+from ..spec import EmbedderSpec, load_spec, model_token_limit, read_sentence_transformers_spec, resolve_spec
+from .save import save
 
 logger = logging.getLogger("embedkit")
 
@@ -176,7 +179,6 @@ def _check_every_adapter_tensor_loaded(peft_model: Any, adapter: Path, base: Pat
     """peft ignores adapter tensors that have no place in the base (e.g. layers it lacks): refuse that."""
     from peft import get_peft_model_state_dict
 
-    from ..folder.safe_load import load_state_dict
 
     weights = next(adapter / name for name in ADAPTER_WEIGHTS if (adapter / name).is_file())
     saved = set(load_state_dict(weights))
@@ -196,7 +198,6 @@ def merged_spec(base: Path, adapter: Path, base_config: dict[str, Any]) -> Embed
     The adapter folder written by ``embedkit finetune --lora`` holds the training spec as sentence-transformers
     files; a bare peft folder holds none, and then the base model's spec is used as it is.
     """
-    from ..spec import model_token_limit
 
     adapter_fields = read_sentence_transformers_spec(adapter)
     assumed_needed = not {"pooling", "normalize"} <= set(adapter_fields)
@@ -233,6 +234,7 @@ def _check_texts(texts: Sequence[str] | None) -> list[str]:
 
 def _encode_both(model: Any, tokenizer: Any, spec: EmbedderSpec, texts: list[str]) -> np.ndarray:
     """Queries and passages of ``texts`` through ``model`` with ``spec``, stacked."""
+    # lazy: pulls in torch; embedkit.checkpoint.merge stays importable without it (fast CLI start)
     from ..embedder import Embedder
 
     embedder = Embedder.from_model(model.eval(), tokenizer, spec, batch_size=32, show_progress=False)
@@ -279,8 +281,6 @@ def merge_lora(
     _import_peft()
     from peft import PeftModel
 
-    from ..folder.loading import load_model, load_tokenizer
-    from .save import save
 
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise CheckpointError(f"tolerance must be a number >= 0, got {tolerance!r}", hint="e.g. tolerance=1e-4")

@@ -15,12 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write, refuse_overwriting_inputs
+from .. import spec as spec_module
+from .._io import atomic_dir, atomic_write, refuse_overwriting_inputs
 from ..errors import CheckpointError, SpecError
 from ..folder.layout import check_destination, check_model_folder, find_weight_files
+from ..folder.loading import load_model, load_tokenizer
+from ..folder.m3_heads import HEAD_NAMES, check_linear_head, load_head, write_head
 from ..folder.safe_load import load_state_dict, read_safetensors_header
 from ..models import model_display_name, resolve_model_path
-from ..spec import ARGUMENT, EmbedderSpec, model_token_limit, resolve_spec, sentence_transformers_files
+from ..spec import (
+    ARGUMENT,
+    EmbedderSpec,
+    model_token_limit,
+    resolve_spec,
+    sentence_transformers_files,
+)
+from .card import model_card
+from .manifest import write_manifest
 
 logger = logging.getLogger("embedkit")
 
@@ -41,6 +52,7 @@ class SaveResult:
 
 
 def _torch_dtype(dtype: Any) -> Any:
+    # lazy: pulls in torch; embedkit.checkpoint.save stays importable without it (fast CLI start)
     from ..dtypes import resolve_dtype
 
     return None if dtype is None else resolve_dtype(dtype)
@@ -120,9 +132,6 @@ def save(
     Example:
         >>> save("checkpoint-1500", "my-model", pooling="cls", query_instruction="query: ")
     """
-    from ..folder.loading import load_model, load_tokenizer
-    from .card import model_card
-    from .manifest import write_manifest
 
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
@@ -163,7 +172,6 @@ def save(
         model = (model if src is not None else copy.deepcopy(model)).to(torch_dtype)
     warnings: list[str] = []
     dst = Path(dst)
-    from .._io import atomic_dir
 
     with atomic_dir(dst, overwrite=overwrite) as tmp:
         model.save_pretrained(str(tmp))
@@ -214,7 +222,6 @@ def _write_m3_heads(src: Path, folder: Path, hidden_size: int, *, trust_pickle: 
     Each head is read safely (no untrusted pickle) and checked against ``hidden_size`` first; the ``.pt`` is what
     FlagEmbedding's ``BGEM3FlagModel`` loads (it needs both heads), the ``.safetensors`` serves everything else.
     """
-    from ..folder.m3_heads import HEAD_NAMES, load_head, write_head
 
     for name in HEAD_NAMES:
         sd = load_head(src, name, hidden_size=hidden_size, out_features=1 if name == "sparse_linear" else None,
@@ -227,7 +234,6 @@ def _write_m3_heads(src: Path, folder: Path, hidden_size: int, *, trust_pickle: 
 def _write_given_m3_heads(heads: Any, folder: Path, hidden_size: int) -> None:
     """Write heads passed to :func:`save`: an object with ``colbert_linear`` / ``sparse_linear`` modules (e.g.
     :class:`embedkit.m3.M3Heads`) or a ``{name: state_dict}`` mapping; each checked against ``hidden_size``."""
-    from ..folder.m3_heads import HEAD_NAMES, check_linear_head, write_head
 
     for name in HEAD_NAMES:
         item = heads.get(name) if isinstance(heads, dict) else getattr(heads, name, None)
@@ -249,10 +255,9 @@ def st_length_note(spec: EmbedderSpec) -> str:
 
 def _write_st_layout(folder: Path, spec: EmbedderSpec, hidden_size: int, warnings: list[str]) -> bool:
     """Write the sentence-transformers files; on any failure remove them and warn (the HF model stays complete)."""
-    from ..spec import write_sentence_transformers_files
-
     try:
-        warnings.extend(write_sentence_transformers_files(folder, spec, hidden_size))
+        # looked up on the module at call time: a test substitutes a failing writer
+        warnings.extend(spec_module.write_sentence_transformers_files(folder, spec, hidden_size))
         return True
     except Exception as exc:  # noqa: BLE001 - by design: this step must never cost the main checkpoint
         files, _ = sentence_transformers_files(spec, hidden_size)

@@ -24,7 +24,12 @@ from ..folder.layout import (
     find_weight_files,
     list_files,
 )
+from ..folder.loading import load_model
 from ..models import resolve_model_path
+from ..spec import resolve_spec
+from .card import model_card
+from .manifest import write_manifest
+from .save import _write_st_layout
 
 logger = logging.getLogger("embedkit")
 
@@ -75,9 +80,6 @@ def slim(checkpoint: str | Path, dst: str | Path, *, tokenizer: str | Path | Non
         >>> report = slim("output/checkpoint-15478", "my-model")
         >>> report.bytes_saved
     """
-    from ..folder.loading import load_model
-    from .manifest import write_manifest
-    from .save import _write_st_layout
 
     src = resolve_model_path(checkpoint)
     if not src.is_dir():
@@ -122,9 +124,6 @@ def slim(checkpoint: str | Path, dst: str | Path, *, tokenizer: str | Path | Non
         model = load_model(tmp, trust_pickle=trust_pickle)  # weights fit the config, nothing random, no pickle
         kinds = {classify_file(f) for f in keep}
         if SENTENCE_TRANSFORMERS not in kinds or MODEL_CARD not in kinds:
-            from ..spec import resolve_spec
-            from .card import model_card
-
             spec = resolve_spec(src, config=model.config.to_dict(), hidden_size=int(model.config.hidden_size))
             if SENTENCE_TRANSFORMERS not in kinds:
                 _write_st_layout(tmp, spec, int(model.config.hidden_size), warnings)

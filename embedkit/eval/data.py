@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..textio import iter_jsonl, read_lines
 
 
 @dataclass
@@ -52,8 +53,6 @@ class EvalData:
 
 
 def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    from ..textio import iter_jsonl
-
     return list(iter_jsonl(path, what="evaluation file"))
 
 
@@ -169,8 +168,6 @@ _INT = re.compile(r"-?[0-9]+")
 def _read_qrels(path: Path) -> list[tuple[str, str, str, int]]:
     out = []
     if path.suffix == ".tsv":
-        from ..textio import read_lines
-
         for lineno, line in enumerate(read_lines(path, "evaluation file"), start=1):
             parts = line.split("\t")
             if lineno == 1 and not _INT.fullmatch(parts[-1].strip()):

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import EmbedkitError
 from ..folder.fingerprint import model_fingerprint
+from ..textio import save_npy, writing
 from .data import EvalData, load_eval_data
 
 logger = logging.getLogger("embedkit")
@@ -118,7 +119,6 @@ def encode_corpus_cached(embedder: Any, data: EvalData, cache_dir: Path | None, 
         except (OSError, ValueError):
             pass  # a damaged cache entry is recomputed
     vecs = embedder.encode_corpus(texts, batch_size=batch_size)
-    from ..textio import save_npy
 
     save_npy(path, vecs)
     return vecs, False
@@ -134,6 +134,7 @@ def evaluate(model: Any, data: EvalData | str | Path, *, split: str = "test", ks
         >>> result = evaluate("minilm", "my-benchmark")
         >>> result.metrics["ndcg@10"]
     """
+    # lazy: pulls in torch; embedkit.eval.retrieval stays importable without it (fast CLI start)
     from ..embedder import Embedder
 
     t0 = time.perf_counter()
@@ -197,7 +198,6 @@ def plot_comparison(results: list[EvalResult], png: str | Path, labels: list[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..textio import writing
 
     labels = labels or [r.model for r in results]
     metrics = tuple(m for m in (metrics or main_metrics(results[0].metrics)) if all(m in r.metrics for r in results))

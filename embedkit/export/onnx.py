@@ -22,10 +22,19 @@ import numpy as np
 import torch
 
 from .. import pooling
+from .._io import atomic_dir, atomic_write
+from ..checkpoint.manifest import write_manifest
+from ..embedder import Embedder
 from ..errors import CheckpointError, EmbedkitError
 from ..folder.fingerprint import sha256_file, weights_fingerprint
+from ..folder.layout import INFERENCE_CLASSES, check_destination, check_model_folder, classify_file, list_files
+from ..folder.loading import load_model, load_tokenizer
 from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, EXPORT_INFO_FILE, TRANSFORMER_FILE
-from ..spec import EmbedderSpec
+from ..models import resolve_model_path
+from ..parity import DEFAULT_TEXTS
+from ..precision import GATE_TEXTS
+from ..spec import EmbedderSpec, load_spec
+from ..textio import read_texts
 
 logger = logging.getLogger("embedkit")
 
@@ -211,8 +220,6 @@ def gate_texts() -> list[str]:
     """The built-in varied sample every export's parity check and int8 gate run on (``--calibration`` adds to it):
     :data:`CALIBRATION_TEXTS`, the precision gate's :data:`embedkit.precision.GATE_TEXTS` and ``embedkit parity``'s
     default texts, so an int8 graph that passes the gate also holds up when ``parity`` measures it."""
-    from ..parity import DEFAULT_TEXTS
-    from ..precision import GATE_TEXTS
 
     return list(dict.fromkeys([*CALIBRATION_TEXTS, *GATE_TEXTS, *DEFAULT_TEXTS]))
 
@@ -233,20 +240,6 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
         import onnxruntime  # noqa: F401
     except ImportError:
         raise EmbedkitError("ONNX export needs onnx and onnxruntime", hint="pip install 'embedkit[onnx]'") from None
-    from .._io import atomic_dir, atomic_write
-    from ..checkpoint.manifest import write_manifest
-    from ..embedder import Embedder
-    from ..folder.layout import (
-        INFERENCE_CLASSES,
-        check_destination,
-        check_model_folder,
-        classify_file,
-        list_files,
-    )
-    from ..folder.loading import load_model, load_tokenizer
-    from ..models import resolve_model_path
-    from ..spec import load_spec
-    from ..textio import read_texts
 
     t0 = time.perf_counter()
     if quantize not in (None, "int8"):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import atomic_write
 from ..errors import DataError
 from ..textio import iter_jsonl
 
@@ -178,7 +179,6 @@ def load_train_data(paths: str | Path | Sequence[str | Path], *, skip_invalid: b
 
 def write_train_jsonl(path: str | Path, examples: Iterable[TrainExample]) -> Path:
     """Write examples as jsonl atomically (temporary sibling, then rename)."""
-    from .._io import atomic_write
 
     path = Path(path)
     with atomic_write(path, "w") as fh:

@@ -25,8 +25,13 @@ from typing import Any
 import numpy as np
 
 from .._io import refuse_overwriting_inputs
+from ..batching import batches, length_sorted_order, pad_features
 from ..errors import CheckpointError, DataError, EmbedkitError, SpecError
+from ..folder.layout import check_model_folder
+from ..folder.loading import load_model, load_tokenizer
 from ..models import resolve_model_path
+from ..spec import model_token_limit
+from ..textio import read_texts
 from .data import TrainExample, expand_paths, load_train_data, write_train_jsonl
 
 logger = logging.getLogger("embedkit")
@@ -142,7 +147,6 @@ def load_candidate_pool(path: PathLike) -> list[str]:
     Example:
         >>> load_candidate_pool("corpus.jsonl")[:2]
     """
-    from ..textio import read_texts
 
     path = Path(path)
     if path.is_file() and path.suffix.lower() not in (".jsonl", ".ndjson"):
@@ -284,6 +288,7 @@ def mine_hard_negatives(
         raise DataError("the candidate pool is empty", hint="pass --candidate-pool FILE with passages")
     pool_index = {text: i for i, text in enumerate(pool)}
 
+    # lazy: pulls in torch; embedkit.train.mine stays importable without it (fast CLI start)
     from ..embedder import Embedder
 
     embedder = model if isinstance(model, Embedder) else Embedder(model, batch_size=batch_size,
@@ -350,8 +355,6 @@ def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: An
     """
     from transformers import AutoModelForSequenceClassification
 
-    from ..folder.layout import check_model_folder
-    from ..folder.loading import load_model, load_tokenizer
 
     if not Path(path).expanduser().exists():
         raise CheckpointError(
@@ -403,8 +406,6 @@ def score_pairs(
     import torch
     from tqdm.auto import tqdm
 
-    from ..batching import batches, length_sorted_order, pad_features
-    from ..spec import model_token_limit
 
     _positive_int("batch_size", batch_size, "e.g. --batch-size 32")
     inputs = [input] if isinstance(input, (str, Path)) else list(input)

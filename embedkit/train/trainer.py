@@ -17,10 +17,24 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..errors import DataError, EmbedkitError
-from ..spec import EmbedderSpec
-from .arguments import DataArguments, EmbedkitTrainingArguments, ModelArguments
+from .._io import atomic_dir, atomic_write
+from ..batching import batches, length_sorted_order, pad_features
+from ..checkpoint.convert import read_weights
+from ..checkpoint.manifest import write_manifest
+from ..checkpoint.save import save
+from ..embedder import Embedder
+from ..errors import CheckpointError, DataError, EmbedkitError
+from ..eval.data import load_eval_data
+from ..eval.retrieval import evaluate, main_metrics, plot_comparison
+from ..folder.layout import check_model_folder
+from ..folder.loading import load_model, load_tokenizer
+from ..folder.safe_load import load_pickle, load_state_dict
+from ..m3 import M3Heads
+from ..models import resolve_model_path
+from ..spec import EmbedderSpec, load_spec, write_sentence_transformers_files
+from .arguments import DataArguments, EmbedkitTrainingArguments, ModelArguments, parse_args
 from .data import LoadResult, TrainExample, load_train_data, sample_group
+from .m3 import M3TrainingModel
 from .model import EmbedderTrainingModel, grad_cache_step
 
 logger = logging.getLogger("embedkit")
@@ -90,8 +104,6 @@ class GroupCollator:
     chunk_size: int = 32
 
     def _side(self, texts: list[str], max_length: int) -> dict[str, Any]:
-        from ..batching import batches, length_sorted_order, pad_features
-
         enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)
         features = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         order = length_sorted_order([len(ids) for ids in features["input_ids"]])
@@ -186,7 +198,6 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .._io import atomic_write
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=2)
@@ -230,8 +241,6 @@ class EmbedkitTrainer(Trainer):
     def evaluate_retrieval(self, phase: str, step: int | None = None) -> Any:
         """Retrieval metrics of the model as it is now (in eval mode, with the training spec); logged to
         ``metrics.jsonl`` as ``{"phase": phase, "eval": {...}}``."""
-        from ..embedder import Embedder
-        from ..eval.retrieval import evaluate
 
         encoder = self.accelerator.unwrap_model(self.model).encoder
         was_training = encoder.training
@@ -296,8 +305,6 @@ class EmbedkitTrainer(Trainer):
             torch.distributed.barrier()  # every rank has written its RNG state before the manifest hashes it
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save and folder.is_dir():
-            from ..checkpoint.manifest import write_manifest
-
             write_manifest(folder, show_progress=False)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
@@ -308,7 +315,6 @@ class EmbedkitTrainer(Trainer):
 def save_trained(model: EmbedderTrainingModel, folder: Path, spec: EmbedderSpec, tokenizer: Any,
                  card: dict[str, Any] | None = None) -> None:
     """Save the encoder (or LoRA adapter) through :func:`embedkit.checkpoint.save` so it encodes as it was trained."""
-    from ..checkpoint.save import save
 
     encoder = model.encoder
     if _is_peft(encoder):
@@ -320,9 +326,6 @@ def save_trained(model: EmbedderTrainingModel, folder: Path, spec: EmbedderSpec,
 
 def save_adapter(encoder: Any, folder: Path, spec: EmbedderSpec, tokenizer: Any) -> None:
     """A LoRA adapter folder (peft files + tokenizer + the spec as sentence-transformers files), atomically."""
-    from .._io import atomic_dir
-    from ..checkpoint.manifest import write_manifest
-    from ..spec import write_sentence_transformers_files
 
     with atomic_dir(folder, overwrite=True) as tmp:
         encoder.save_pretrained(str(tmp))
@@ -333,8 +336,6 @@ def save_adapter(encoder: Any, folder: Path, spec: EmbedderSpec, tokenizer: Any)
 
 def load_trained_weights(model: EmbedderTrainingModel, folder: Path) -> None:
     """Resume: load the encoder (or adapter) weights written by :func:`save_trained` from ``folder``."""
-    from ..checkpoint.convert import read_weights
-    from ..folder.safe_load import load_state_dict
 
     if _is_peft(model.encoder):
         from peft import set_peft_model_state_dict
@@ -347,8 +348,6 @@ def load_trained_weights(model: EmbedderTrainingModel, folder: Path) -> None:
         return
     state, _ = read_weights(folder)
     if getattr(model, "heads", None) is not None:
-        from ..m3 import M3Heads
-
         saved = M3Heads.from_folder(folder, int(model.encoder.config.hidden_size))
         model.heads.load_state_dict(saved.state_dict())
     missing, unexpected = model.encoder.load_state_dict(state, strict=False)
@@ -370,7 +369,6 @@ def _is_peft(model: Any) -> bool:
 # ---------------------------------------------------------------------- building and running
 def build_spec(model_args: ModelArguments) -> EmbedderSpec:
     """The one recipe: resolved from the checkpoint + arguments exactly as :class:`embedkit.Embedder` does."""
-    from ..spec import load_spec
 
     overrides = {k: getattr(model_args, k) for k in (
         "pooling", "normalize", "query_instruction", "query_instruction_format", "passage_instruction",
@@ -400,9 +398,6 @@ def apply_lora(encoder: Any, model_args: ModelArguments) -> Any:
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments,
                   ) -> tuple[EmbedkitTrainer, dict[str, Any]]:
     """Validate the data, resolve the spec, load the model, and wire up the trainer. Returns it and the summary."""
-    from ..folder.layout import check_model_folder
-    from ..folder.loading import load_model, load_tokenizer
-    from ..models import resolve_model_path
 
     if data_args.train_group_size < 1:
         raise DataError("--train_group_size must be at least 1")
@@ -435,8 +430,6 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
     callbacks = [MetricsCallback(Path(train_args.output_dir), plot=train_args.plot_loss)]
     eval_data = None
     if data_args.eval_data:
-        from ..eval.data import load_eval_data
-
         eval_data = load_eval_data(data_args.eval_data, data_args.eval_split)
     trainer = EmbedkitTrainer(model=model, args=train_args, train_dataset=dataset, data_collator=collator,
                               processing_class=tokenizer, callbacks=callbacks, spec=spec, eval_data=eval_data)
@@ -446,8 +439,6 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
 def _m3_model(encoder: Any, path: Path, spec: EmbedderSpec, tokenizer: Any, model_args: ModelArguments,
               train_args: EmbedkitTrainingArguments, common: dict[str, Any]) -> Any:
     """The unified bge-m3 model: the folder's heads (or new ones, said once)."""
-    from ..m3 import M3Heads
-    from .m3 import M3TrainingModel
 
     if model_args.lora:
         raise DataError("--unified with --lora is not supported yet", hint="train all weights with --unified")
@@ -481,8 +472,6 @@ def check_resume_checkpoint(folder: str | Path, *, trust_pickle: bool = False) -
     """
     from transformers.trainer_pt_utils import safe_globals
 
-    from ..errors import CheckpointError
-    from ..folder.safe_load import load_pickle
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -524,7 +513,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
         if train_args.overwrite_output_dir and not train_args.resume_from_checkpoint:
             _remove_previous_run(out)
         out.mkdir(parents=True, exist_ok=True)
-        from .._io import atomic_write
 
         with atomic_write(out / "data_summary.json", "w") as fh:
             json.dump(summary, fh, indent=2)
@@ -547,8 +535,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
         if model_args.lora:
             save_adapter(inner.encoder, final, trainer.spec, trainer.processing_class)
             if model_args.merge_lora:
-                from ..checkpoint.save import save
-
                 merged = inner.encoder.merge_and_unload()
                 save(merged, out / MERGED_DIR, spec=trainer.spec, tokenizer=trainer.processing_class,
                      overwrite=True, card=card)
@@ -586,7 +572,6 @@ def _collective_device() -> torch.device:
 
 def _before_after(trainer: EmbedkitTrainer, out: Path) -> dict[str, str]:
     """Evaluate the trained model, plot before vs after, and return the model-card metrics table."""
-    from ..eval.retrieval import main_metrics, plot_comparison
 
     after = trainer.evaluate_retrieval("after")
     before = trainer.eval_results.get("before")
@@ -602,7 +587,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m embedkit.train ...`` / ``torchrun ... -m embedkit.train ...`` / ``embedkit finetune ...``."""
     import sys
 
-    from .arguments import parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
