@@ -189,7 +189,6 @@ class Embedder:
     def _choose_backend(self, backend: str, precision: str | None, dtype: Any, device: Any,
                         gate: tuple[float, float] | None, trust_pickle: bool) -> None:
         """Pick the backend and precision; run (or reuse) the quality gate for anything but fp32."""
-
         if dtype is not None:  # the older, torch-only spelling
             named = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype(dtype)]
             if precision not in (None, named):

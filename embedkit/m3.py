@@ -308,7 +308,6 @@ def m3_arrays(result: dict[str, Any], colbert_dim: int | None = None) -> dict[st
 
 def save_m3_npz(path: str | Path, result: dict[str, Any], colbert_dim: int | None = None) -> Path:
     """Write :func:`m3_arrays` of ``result`` to ``path`` (``.npz``, uncompressed) atomically; return the path."""
-
     path = Path(path)
     with writing(path) as fh:
         np.savez(fh, **m3_arrays(result, colbert_dim))

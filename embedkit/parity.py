@@ -190,7 +190,6 @@ def run_recipe(code: str, texts: list[str], *, timeout: float = RECIPE_TIMEOUT) 
 
 def _recipe_engine(folder: Path) -> Encoder:
     """The standalone recipe, run by :func:`run_recipe` once per list of texts (both sides in one process)."""
-
     code = recipe(folder)
     cache: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
 

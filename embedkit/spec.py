@@ -235,7 +235,6 @@ def match_family(model_dir: Path, config: dict[str, Any] | None = None) -> Famil
 # ---------------------------------------------------------------------- sentence-transformers files
 def _read_json(path: Path) -> Any:
     """One JSON file of the folder: invalid UTF-8 / JSON or an unreadable path is a CheckpointError naming it."""
-
     return read_json_file(path)
 
 
@@ -512,7 +511,6 @@ def load_spec(model_dir: str | Path, overrides: dict[str, Any] | None = None, *,
         >>> load_spec("minilm").pooling
         'mean'
     """
-
     folder = check_model_folder(resolve_model_path(model_dir))
     config = _read_json_object(folder / "config.json", CheckpointError)
     hidden = config.get("hidden_size") or config.get("d_model")
@@ -592,7 +590,6 @@ def sentence_transformers_files(spec: EmbedderSpec, hidden_size: int) -> tuple[d
 
 def write_sentence_transformers_files(folder: str | Path, spec: EmbedderSpec, hidden_size: int) -> list[str]:
     """Write the sentence-transformers layout of ``spec`` into ``folder`` (each file atomically); return warnings."""
-
     folder = Path(folder)
     files, warnings = sentence_transformers_files(spec, hidden_size)
     for rel, obj in files.items():

@@ -193,7 +193,6 @@ def check_weights_fit(folder: Path, *, trust_pickle: bool = False) -> None:
     (:func:`embedkit.folder.loading.load_model`: config types, shapes, nothing missing, no NaN / Inf, no integer
     tensors where floats belong), so ``convert`` never writes a fresh manifest over a broken model. A folder without
     ``config.json`` (bare weights) has nothing to fit; its tensors are still read through the safe loader."""
-
     if (folder / "config.json").is_file():
         load_model(folder, trust_pickle=trust_pickle, device="cpu")
 

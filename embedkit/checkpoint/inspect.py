@@ -74,7 +74,7 @@ from .._io import stale_siblings
 from ..errors import CheckpointError, EmbedkitError, SpecError
 from ..folder import layout
 from ..folder.loading import load_model, load_tokenizer
-from ..folder.m3_heads import load_head
+from ..folder.m3_heads import HEAD_NAMES, load_head
 from ..folder.safe_load import load_state_dict, read_safetensors_header
 from ..models import resolve_model_path
 from ..spec import ASSUMED, describe, load_spec, model_token_limit, resolve_spec
@@ -117,7 +117,6 @@ _ST_DTYPES = {
     "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
 }
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
-_M3_HEADS = ("colbert_linear", "sparse_linear")
 
 
 @dataclass
@@ -197,7 +196,6 @@ def format_bytes(n: int) -> str:
 
 def _safetensors_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
     """``(elements, tensors, dtypes)`` summed over safetensors headers (no tensor data is read)."""
-
     elements = tensors = 0
     dtypes: set[str] = set()
     for p in paths:
@@ -212,7 +210,6 @@ def _safetensors_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
 
 def _state_dict_stats(paths: list[Path]) -> tuple[int, int, set[str]]:
     """``(elements, tensors, dtypes)`` of pickle-based state dicts, loaded with ``weights_only``."""
-
     elements = tensors = 0
     dtypes: set[str] = set()
     for p in paths:
@@ -309,7 +306,6 @@ def _lora_info(folder: Path, files: list[str]) -> dict[str, Any]:
 
 def _resolve_spec(folder: Path, config: dict[str, Any], complete: bool) -> Any:
     """The folder's :class:`EmbedderSpec` (``load_spec`` when the folder is complete, else from its files)."""
-
     if complete:
         return load_spec(folder, warn=False)
     hidden = config.get("hidden_size") or config.get("d_model")
@@ -320,7 +316,6 @@ def _resolve_spec(folder: Path, config: dict[str, Any], complete: bool) -> Any:
 def _m3_head_problems(folder: Path, present: dict[str, bool], files: set[str], hidden_size: Any) -> list[str]:
     """What stops the bge-m3 heads from working: one head only, ``.safetensors`` only (FlagEmbedding reads ``.pt``),
     or a head that is unreadable or does not fit the model's hidden size."""
-
     if not any(present.values()):
         return []
     problems = []
@@ -348,7 +343,6 @@ def _load_problems(folder: Path, *, has_st: bool, has_tokenizer: bool, load_weig
     """What the inference loaders refuse, found by running them (the same code ``encode`` runs): ``modules.json``
     entries, the tokenizer, and the weights against ``config.json`` (names, shapes, dtypes, NaN / Inf). Loading
     the weights reads every tensor once, on the CPU."""
-
     problems = []
     checks = []
     if has_st:
@@ -479,7 +473,7 @@ def inspect_folder(path: str | Path) -> InspectReport:
         if report.lora["error"]:
             report.problems.append(report.lora["error"])
     heads = set(by_class.get(layout.M3_HEADS, []))
-    report.m3_heads = {h: any(f"{h}{ext}" in heads for ext in (".pt", ".safetensors")) for h in _M3_HEADS}
+    report.m3_heads = {h: any(f"{h}{ext}" in heads for ext in (".pt", ".safetensors")) for h in HEAD_NAMES}
     report.problems.extend(_m3_head_problems(folder, report.m3_heads, heads, model.get("hidden_size")))
 
     # -- what the loaders would refuse: modules.json paths, the tokenizer, the weights against the config
@@ -568,7 +562,6 @@ def recorded_base_folder(folder: Path, config: dict[str, Any] | None, lora: dict
     """The base model folder the checkpoint records (adapter_config.json's ``base_model_name_or_path``, config.json's
     ``_name_or_path``, the model card's ``base_model``) when it is an existing local folder holding a tokenizer
     (relative paths: from the working directory, as the commands will run); ``None`` when none is known."""
-
     names = [(lora or {}).get("base_model_name_or_path"), (config or {}).get("_name_or_path"),
              _card_base_model(folder)]
     for name in names:
@@ -653,7 +646,7 @@ def _next_steps(report: InspectReport, folder: Path, *, has_st: bool, has_weight
             steps.append(f"embedkit save {d} {_q(str(folder) + '-st')}{tok} (adds the sentence-transformers layout: "
                          "modules.json, 1_Pooling/... that sentence-transformers, TEI and infinity read)")
     if kind in (FULL_MODEL, SENTENCE_TRANSFORMERS_MODEL, ONNX_EXPORT) and not missing \
-            and "embedkit-manifest.json" not in {f["path"] for f in report.files}:
+            and layout.MANIFEST_NAME not in {f["path"] for f in report.files}:
         steps.append(f"embedkit manifest {d} (records every file's sha256 and size)")
     return steps
 

@@ -198,7 +198,6 @@ def merged_spec(base: Path, adapter: Path, base_config: dict[str, Any]) -> Embed
     The adapter folder written by ``embedkit finetune --lora`` holds the training spec as sentence-transformers
     files; a bare peft folder holds none, and then the base model's spec is used as it is.
     """
-
     adapter_fields = read_sentence_transformers_spec(adapter)
     assumed_needed = not {"pooling", "normalize"} <= set(adapter_fields)
     base_spec = load_spec(base, warn=assumed_needed)

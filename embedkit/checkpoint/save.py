@@ -36,8 +36,6 @@ from .manifest import write_manifest
 logger = logging.getLogger("embedkit")
 
 FORMATS = ("safetensors", "bin", "both")
-M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
-"""bge-m3 head files FlagEmbedding reads; ``save`` writes each also as ``.safetensors``."""
 
 
 @dataclass
@@ -132,7 +130,6 @@ def save(
     Example:
         >>> save("checkpoint-1500", "my-model", pooling="cls", query_instruction="query: ")
     """
-
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
     torch_dtype = _torch_dtype(dtype)
@@ -222,7 +219,6 @@ def _write_m3_heads(src: Path, folder: Path, hidden_size: int, *, trust_pickle: 
     Each head is read safely (no untrusted pickle) and checked against ``hidden_size`` first; the ``.pt`` is what
     FlagEmbedding's ``BGEM3FlagModel`` loads (it needs both heads), the ``.safetensors`` serves everything else.
     """
-
     for name in HEAD_NAMES:
         sd = load_head(src, name, hidden_size=hidden_size, out_features=1 if name == "sparse_linear" else None,
                        trust_pickle=trust_pickle)
@@ -234,7 +230,6 @@ def _write_m3_heads(src: Path, folder: Path, hidden_size: int, *, trust_pickle: 
 def _write_given_m3_heads(heads: Any, folder: Path, hidden_size: int) -> None:
     """Write heads passed to :func:`save`: an object with ``colbert_linear`` / ``sparse_linear`` modules (e.g.
     :class:`embedkit.m3.M3Heads`) or a ``{name: state_dict}`` mapping; each checked against ``hidden_size``."""
-
     for name in HEAD_NAMES:
         item = heads.get(name) if isinstance(heads, dict) else getattr(heads, name, None)
         if item is None:

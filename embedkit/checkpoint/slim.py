@@ -80,7 +80,6 @@ def slim(checkpoint: str | Path, dst: str | Path, *, tokenizer: str | Path | Non
         >>> report = slim("output/checkpoint-15478", "my-model")
         >>> report.bytes_saved
     """
-
     src = resolve_model_path(checkpoint)
     if not src.is_dir():
         check_model_folder(src)  # raises the precise not-a-folder error

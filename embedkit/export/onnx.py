@@ -220,7 +220,6 @@ def gate_texts() -> list[str]:
     """The built-in varied sample every export's parity check and int8 gate run on (``--calibration`` adds to it):
     :data:`CALIBRATION_TEXTS`, the precision gate's :data:`embedkit.precision.GATE_TEXTS` and ``embedkit parity``'s
     default texts, so an int8 graph that passes the gate also holds up when ``parity`` measures it."""
-
     return list(dict.fromkeys([*CALIBRATION_TEXTS, *GATE_TEXTS, *DEFAULT_TEXTS]))
 
 

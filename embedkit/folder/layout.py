@@ -10,6 +10,7 @@ from typing import Any
 
 from .._io import refuse_overwriting_inputs
 from ..errors import CheckpointError
+from .m3_heads import HEAD_NAMES, HEAD_SUFFIXES
 
 MANIFEST_NAME = "embedkit-manifest.json"
 SIGNATURE_NAME = "embedkit-manifest.sig"
@@ -262,6 +263,7 @@ TRAINING_ONLY_CLASSES = (TRAINING_STATE, RNG_STATE, ZERO_SHARDS, LOGS)
 _TOKENIZER_NAMES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                     "merges.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "added_tokens.json",
                     "chat_template.jinja", "chat_template.json"}
+_M3_HEAD_FILES = {f"{name}{suffix}" for name in HEAD_NAMES for suffix in HEAD_SUFFIXES}
 _ST_NAMES = {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"}
 _TRAINING_NAMES = {"trainer_state.json", "training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt",
                    "scaler.pt", "all_results.json", "train_results.json", "eval_results.json"}
@@ -303,7 +305,7 @@ def classify_file(relpath: str | Path) -> str:
         return RNG_STATE
     if name.startswith("adapter_") and name.endswith((".json", ".safetensors", ".bin")):
         return LORA_ADAPTER
-    if name in ("colbert_linear.pt", "sparse_linear.pt", "colbert_linear.safetensors", "sparse_linear.safetensors"):
+    if name in _M3_HEAD_FILES:
         return M3_HEADS
     if name in (MANIFEST_NAME, SIGNATURE_NAME):
         return MANIFEST

@@ -179,7 +179,6 @@ def load_train_data(paths: str | Path | Sequence[str | Path], *, skip_invalid: b
 
 def write_train_jsonl(path: str | Path, examples: Iterable[TrainExample]) -> Path:
     """Write examples as jsonl atomically (temporary sibling, then rename)."""
-
     path = Path(path)
     with atomic_write(path, "w") as fh:
         for ex in examples:

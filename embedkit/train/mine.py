@@ -147,7 +147,6 @@ def load_candidate_pool(path: PathLike) -> list[str]:
     Example:
         >>> load_candidate_pool("corpus.jsonl")[:2]
     """
-
     path = Path(path)
     if path.is_file() and path.suffix.lower() not in (".jsonl", ".ndjson"):
         raise DataError(f"candidate pool {path} must be a .jsonl file", hint='one {"text": "..."} object per line')

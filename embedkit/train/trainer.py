@@ -241,7 +241,6 @@ class EmbedkitTrainer(Trainer):
     def evaluate_retrieval(self, phase: str, step: int | None = None) -> Any:
         """Retrieval metrics of the model as it is now (in eval mode, with the training spec); logged to
         ``metrics.jsonl`` as ``{"phase": phase, "eval": {...}}``."""
-
         encoder = self.accelerator.unwrap_model(self.model).encoder
         was_training = encoder.training
         encoder.eval()
@@ -315,7 +314,6 @@ class EmbedkitTrainer(Trainer):
 def save_trained(model: EmbedderTrainingModel, folder: Path, spec: EmbedderSpec, tokenizer: Any,
                  card: dict[str, Any] | None = None) -> None:
     """Save the encoder (or LoRA adapter) through :func:`embedkit.checkpoint.save` so it encodes as it was trained."""
-
     encoder = model.encoder
     if _is_peft(encoder):
         save_adapter(encoder, folder, spec, tokenizer)
@@ -326,7 +324,6 @@ def save_trained(model: EmbedderTrainingModel, folder: Path, spec: EmbedderSpec,
 
 def save_adapter(encoder: Any, folder: Path, spec: EmbedderSpec, tokenizer: Any) -> None:
     """A LoRA adapter folder (peft files + tokenizer + the spec as sentence-transformers files), atomically."""
-
     with atomic_dir(folder, overwrite=True) as tmp:
         encoder.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -336,7 +333,6 @@ def save_adapter(encoder: Any, folder: Path, spec: EmbedderSpec, tokenizer: Any)
 
 def load_trained_weights(model: EmbedderTrainingModel, folder: Path) -> None:
     """Resume: load the encoder (or adapter) weights written by :func:`save_trained` from ``folder``."""
-
     if _is_peft(model.encoder):
         from peft import set_peft_model_state_dict
 
@@ -369,7 +365,6 @@ def _is_peft(model: Any) -> bool:
 # ---------------------------------------------------------------------- building and running
 def build_spec(model_args: ModelArguments) -> EmbedderSpec:
     """The one recipe: resolved from the checkpoint + arguments exactly as :class:`embedkit.Embedder` does."""
-
     overrides = {k: getattr(model_args, k) for k in (
         "pooling", "normalize", "query_instruction", "query_instruction_format", "passage_instruction",
         "passage_instruction_format", "query_max_length", "passage_max_length")}
@@ -398,7 +393,6 @@ def apply_lora(encoder: Any, model_args: ModelArguments) -> Any:
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments,
                   ) -> tuple[EmbedkitTrainer, dict[str, Any]]:
     """Validate the data, resolve the spec, load the model, and wire up the trainer. Returns it and the summary."""
-
     if data_args.train_group_size < 1:
         raise DataError("--train_group_size must be at least 1")
     if not torch.cuda.is_available():
@@ -439,7 +433,6 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_ar
 def _m3_model(encoder: Any, path: Path, spec: EmbedderSpec, tokenizer: Any, model_args: ModelArguments,
               train_args: EmbedkitTrainingArguments, common: dict[str, Any]) -> Any:
     """The unified bge-m3 model: the folder's heads (or new ones, said once)."""
-
     if model_args.lora:
         raise DataError("--unified with --lora is not supported yet", hint="train all weights with --unified")
     if train_args.grad_cache_chunk:
@@ -572,7 +565,6 @@ def _collective_device() -> torch.device:
 
 def _before_after(trainer: EmbedkitTrainer, out: Path) -> dict[str, str]:
     """Evaluate the trained model, plot before vs after, and return the model-card metrics table."""
-
     after = trainer.evaluate_retrieval("after")
     before = trainer.eval_results.get("before")
     if before is None:
