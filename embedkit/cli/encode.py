@@ -9,12 +9,10 @@ from typing import Any
 import typer
 
 from ..errors import SpecError
-from .app import app
 
 logger = logging.getLogger("embedkit")
 
 
-@app.command()
 def encode(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm' for the bundled all-MiniLM-L6-v2."),
     input: Path = typer.Option(..., "--input", "-i", help=".txt (one text per line) or .jsonl file."),
@@ -127,3 +125,8 @@ def _encode_m3(model: str, texts: list[str], input: Path, output: Path, kind: st
         parts.append(f"colbert ({sum(len(v) for v in result['colbert_vecs'])} token vectors)")
     typer.echo(f"wrote {output} [{', '.join(parts)}]{''.join(' and ' + w for w in written)} "
                f"({len(texts)} texts from {input}); precision {embedder.precision_summary}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit encode`` to ``app``."""
+    app.command("encode")(encode)

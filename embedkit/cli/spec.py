@@ -6,10 +6,7 @@ import json
 
 import typer
 
-from .app import app
 
-
-@app.command("spec")
 def spec_command(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: {field: {value, rule}}."),
@@ -45,3 +42,8 @@ def spec_command(
     for name, value, rule in rows:
         table.add_row(name, escape(repr(value)), escape(rule))  # values come from the folder: not rich markup
     Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit spec`` to ``app``."""
+    app.command("spec")(spec_command)
