@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .errors import SpecError
 
 logger = logging.getLogger("embedkit")
@@ -143,3 +145,28 @@ def judge(reference, candidate, gate: tuple[float, float] = DEFAULT_GATE) -> dic
     mean, low = float(cos.mean()), float(cos.min())
     return {"passed": mean >= gate[0] and low >= gate[1], "mean_cosine": round(mean, 6), "min_cosine": round(low, 6),
             "gate": list(gate), "texts": int(len(cos))}
+
+
+# ---------------------------------------------------------------------- what `embedkit spec` shows
+GATE_NOTE = "non-fp32 runs a cached quality gate vs fp32"
+
+
+def describe_precision(requested: str | None, device_type: str | None = None, flags: set[str] | None = None
+                       ) -> tuple[str, str, str]:
+    """The precision ``requested`` would run in on this machine, as a ``(field, value, rule)`` row like those of
+    :func:`embedkit.spec.describe` (``embedkit spec`` prints it after the spec's rows).
+
+    Args:
+        requested: ``auto``, an explicit precision, or ``None`` (fp32), as :func:`select_precision` takes it.
+        device_type: ``"cpu"`` or ``"cuda"``; default: ``"cuda"`` when torch sees a CUDA device, as an
+            :class:`~embedkit.Embedder` without ``device=`` would run.
+        flags: the CPU flags to decide ``auto`` on (default: this machine's).
+
+    Example:
+        >>> describe_precision("auto", "cpu", {"amx_bf16"})[:2]
+        ('precision', 'bf16')
+    """
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    choice = select_precision(requested, device_type, flags)
+    return "precision", choice.precision, f"{choice.reason} ({GATE_NOTE})"
