@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, EmbedkitError, SpecError
+from .._optional import require
+from ..errors import CheckpointError, SpecError
 
 PRECISIONS = ("fp32", "int8")
 
@@ -22,10 +23,7 @@ class OnnxBackend:
     pooled = True
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise EmbedkitError("backend='onnx' needs onnxruntime", hint="pip install 'embedkit[onnx]'") from None
+        ort = require("onnxruntime", "backend='onnx'")
         from ..export.onnx import EMBEDDER_FILE, EMBEDDER_INT8_FILE, read_export_info, sha256_file, weights_fingerprint
 
         if precision not in PRECISIONS:
