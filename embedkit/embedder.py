@@ -20,8 +20,9 @@ from .errors import CheckpointError, EmbedkitError, SpecError
 from .folder.layout import check_model_folder
 from .folder.loading import load_tokenizer
 from .models import resolve_model_path
-from .precision import DEFAULT_GATE, GATE_TEXTS, cached_verdict, gate_key, judge, select_precision, store_verdict
+from .precision import DEFAULT_GATE, cached_verdict, gate_key, judge, select_precision, store_verdict
 from .spec import EmbedderSpec, load_spec, model_token_limit
+from .verify import SAMPLE_TEXTS
 
 logger = logging.getLogger("embedkit")
 
@@ -226,14 +227,14 @@ class Embedder:
         self._gate_cached, self._gate_candidate = verdict is not None, choice.precision
         if verdict is None:  # first use on this machine: measure against fp32 once
             self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
-            reference = self.encode(list(GATE_TEXTS), show_progress=False)
+            reference = self.encode(list(SAMPLE_TEXTS), show_progress=False)
             self.backend.model.to(resolve_dtype(choice.precision))
             self.backend.dtype = resolve_dtype(choice.precision)
             try:
-                verdict = judge(reference, self.encode(list(GATE_TEXTS), show_progress=False), gate)
+                verdict = judge(reference, self.encode(list(SAMPLE_TEXTS), show_progress=False), gate)
             except NonFiniteOutputError:  # e.g. fp16 overflow: the precision fails its gate
                 verdict = {"passed": False, "mean_cosine": 0.0, "min_cosine": 0.0, "gate": list(gate),
-                           "texts": len(GATE_TEXTS), "non_finite": True}
+                           "texts": len(SAMPLE_TEXTS), "non_finite": True}
             store_verdict(key, verdict)
             if not verdict["passed"]:
                 self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)

@@ -32,15 +32,10 @@ from .folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE
 from .models import resolve_model_path
 from .recipe import recipe
 from .spec import POOLING_MODES, EmbedderSpec
+from .verify import SAMPLE_TEXTS, compare
 
 logger = logging.getLogger("embedkit")
 
-DEFAULT_TEXTS = (
-    "what is a text embedding?", "", "   ", "\nleading and trailing newlines\n",
-    "The quick brown fox jumps over the lazy dog.", "中文 测试 文本", "emoji 😀🚀 in text",
-    " ".join(["a long text that goes past the max length of most models"] * 60),
-    "def add(a, b):\n    return a + b", "Rainbows appear when sunlight is refracted inside water droplets.",
-)
 Encoder = Callable[[list[str], str], np.ndarray]  # (texts, side: "query" | "passage") -> vectors
 
 RECIPE_TIMEOUT = 600.0
@@ -101,10 +96,9 @@ class ParityReport:
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    if a.shape != b.shape:
-        return {"max_abs_diff": float("inf"), "min_cosine": float("-inf")}
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return {"max_abs_diff": float(np.abs(a - b).max()), "min_cosine": float(cos.min())}
+    """One cell of the parity matrix (:func:`embedkit.verify.compare`)."""
+    c = compare(a, b)
+    return {"max_abs_diff": c.max_abs_diff, "min_cosine": c.min_cosine}
 
 
 def _both_sides(encode: Encoder, texts: list[str]) -> np.ndarray:
@@ -283,7 +277,7 @@ def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance
     from .embedder import Embedder
 
     folder = check_model_folder(resolve_model_path(model))
-    texts = list(texts or DEFAULT_TEXTS)
+    texts = list(texts or SAMPLE_TEXTS)
     reference = Embedder(folder, device="cpu", show_progress=False)
     spec = reference.spec
     candidates: dict[str, Callable[[], Encoder]] = {"embedkit-torch": lambda: _embedkit_engine(reference)}

@@ -2,9 +2,9 @@
 
 ``auto`` picks bf16 on CPUs with bf16 matrix units (``amx_bf16`` or ``avx512_bf16`` in the CPU flags), fp16 on CUDA,
 fp32 otherwise. Any precision other than fp32 must pass a quality gate the first time it is used for a
-(model, spec, precision, machine): vectors on a varied built-in sample are compared with fp32, and below the
-thresholds (mean cosine 0.999, min 0.995 by default) embedkit falls back to fp32 with a warning. The verdict is
-cached on disk (``$EMBEDKIT_CACHE/precision-gate.json``) so the check costs once.
+(model, spec, precision, machine): vectors on the varied built-in sample (:data:`embedkit.verify.SAMPLE_TEXTS`)
+are compared with fp32, and below the thresholds (mean cosine 0.999, min 0.995 by default) embedkit falls back to
+fp32 with a warning. The verdict is cached on disk (``$EMBEDKIT_CACHE/precision-gate.json``) so the check costs once.
 """
 
 from __future__ import annotations
@@ -18,28 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ._io import atomic_write
 from .errors import SpecError
 from .folder.fingerprint import model_fingerprint
+from .verify import compare
 
 logger = logging.getLogger("embedkit")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DEFAULT_GATE = (0.999, 0.995)  # (mean cosine, min cosine) vs fp32
-
-GATE_TEXTS = (
-    "", "hi", "What is a text embedding?", "how do I fine-tune bge on my own data",
-    "The quick brown fox jumps over the lazy dog.",
-    "Embeddings map sentences to vectors so that texts with similar meanings end up close together, which is what "
-    "semantic search, clustering and retrieval-augmented generation rely on.",
-    "def cosine(a, b):\n    return (a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))",
-    "Der schnelle braune Fuchs springt über den faulen Hund.", "中文句子的向量表示", "emoji 😀🚀 and symbols ±∞ → ✓",
-    "SELECT id, title FROM papers WHERE year > 2020 ORDER BY citations DESC LIMIT 10;",
-    " ".join(["a long passage that goes on and on past the usual length limits of a query"] * 30),
-    "Rainbows appear when sunlight is refracted, reflected and dispersed inside water droplets.",
-    "Patient presents with acute onset chest pain radiating to the left arm.", "¿Dónde está la biblioteca?",
-    "Q3 revenue grew 12% year over year to $4.1B.",
-)
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
@@ -136,10 +125,32 @@ def store_verdict(key: str | None, verdict: dict[str, Any]) -> None:
 
 def judge(reference, candidate, gate: tuple[float, float] = DEFAULT_GATE) -> dict[str, Any]:  # noqa: ANN001
     """Compare candidate vectors with fp32 reference vectors: ``{"passed", "mean_cosine", "min_cosine"}``."""
-    import numpy as np
-
-    cos = (reference * candidate).sum(1) / (
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1) + 1e-12)
-    mean, low = float(cos.mean()), float(cos.min())
+    c = compare(reference, candidate)
+    mean, low = c.mean_cosine, c.min_cosine
     return {"passed": mean >= gate[0] and low >= gate[1], "mean_cosine": round(mean, 6), "min_cosine": round(low, 6),
-            "gate": list(gate), "texts": int(len(cos))}
+            "gate": list(gate), "texts": c.rows}
+
+
+# ---------------------------------------------------------------------- what `embedkit spec` shows
+GATE_NOTE = "non-fp32 runs a cached quality gate vs fp32"
+
+
+def describe_precision(requested: str | None, device_type: str | None = None, flags: set[str] | None = None
+                       ) -> tuple[str, str, str]:
+    """The precision ``requested`` would run in on this machine, as a ``(field, value, rule)`` row like those of
+    :func:`embedkit.spec.describe` (``embedkit spec`` prints it after the spec's rows).
+
+    Args:
+        requested: ``auto``, an explicit precision, or ``None`` (fp32), as :func:`select_precision` takes it.
+        device_type: ``"cpu"`` or ``"cuda"``; default: ``"cuda"`` when torch sees a CUDA device, as an
+            :class:`~embedkit.Embedder` without ``device=`` would run.
+        flags: the CPU flags to decide ``auto`` on (default: this machine's).
+
+    Example:
+        >>> describe_precision("auto", "cpu", {"amx_bf16"})[:2]
+        ('precision', 'bf16')
+    """
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    choice = select_precision(requested, device_type, flags)
+    return "precision", choice.precision, f"{choice.reason} ({GATE_NOTE})"

@@ -599,3 +599,31 @@ def write_sentence_transformers_files(folder: str | Path, spec: EmbedderSpec, hi
         with atomic_write(folder / rel, "w") as fh:
             fh.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     return warnings
+
+
+# ---------------------------------------------------------------------- instruction overrides
+def instruction_overrides(side: str | None, instruction: str | None, instruction_format: str | None = None
+                          ) -> dict[str, Any]:
+    """The spec overrides that replace the query's or the passage's instruction (``embedkit encode --queries
+    --instruction ...``), to pass to :func:`resolve_spec` / :class:`~embedkit.Embedder`.
+
+    Args:
+        side: ``"query"``, ``"passage"``, or ``None`` for plain texts: their instruction is no spec field (pass it to
+            :meth:`Embedder.encode` ``instruction=``), so nothing is overridden.
+        instruction: the instruction to use instead of the spec's; ``None`` keeps the spec's (no override).
+        instruction_format: how instruction and text join, e.g. ``"{}{}"``; ``None`` keeps the spec's format
+            (``None`` overrides are ignored by :func:`resolve_spec`).
+
+    Returns:
+        ``{}``, or ``{"<side>_instruction": instruction, "<side>_instruction_format": instruction_format}``.
+
+    Example:
+        >>> instruction_overrides("query", "Represent this question: ")
+        {'query_instruction': 'Represent this question: ', 'query_instruction_format': None}
+    """
+    if side not in (None, "query", "passage"):
+        raise SpecError(f"instruction side must be 'query', 'passage' or None, got {side!r}",
+                        hint="pass side='query' or side='passage' (or None for plain texts)", param="side")
+    if side is None or instruction is None:
+        return {}
+    return {f"{side}_instruction": instruction, f"{side}_instruction_format": instruction_format}

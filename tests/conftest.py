@@ -105,3 +105,22 @@ def st_minilm(minilm_dir):
 def hostile_texts() -> list[str]:
     return list(HOSTILE_TEXTS)
 
+
+# ---------------------------------------------------------------------- manifest tests (test_*manifest.py)
+@pytest.fixture
+def folder(tmp_path):
+    """A small model-like folder: top-level files, a sub-folder, a binary file."""
+    d = tmp_path / "model"
+    (d / "1_Pooling").mkdir(parents=True)
+    (d / "config.json").write_text('{"hidden_size": 32}\n')
+    (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}\n')
+    (d / "model.safetensors").write_bytes(bytes(range(256)) * 9)
+    (d / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
+    return d
+
+
+@pytest.fixture
+def keys(tmp_path):
+    from embedkit.checkpoint.manifest import generate_keypair
+
+    return generate_keypair(tmp_path / "keys" / "release.key")

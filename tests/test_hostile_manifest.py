@@ -13,27 +13,11 @@ from embedkit.checkpoint.manifest import (
     MANIFEST_NAME,
     SIGNATURE_NAME,
     build_manifest,
-    generate_keypair,
     verify_manifest,
     write_manifest,
 )
 from embedkit.cli import main
 from embedkit.errors import CheckpointError
-
-
-@pytest.fixture
-def folder(tmp_path):
-    d = tmp_path / "model"
-    (d / "1_Pooling").mkdir(parents=True)
-    (d / "config.json").write_text('{"hidden_size": 32}\n')
-    (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}\n')
-    (d / "model.safetensors").write_bytes(bytes(range(256)) * 4)
-    return d
-
-
-@pytest.fixture
-def keys(tmp_path):
-    return generate_keypair(tmp_path / "keys" / "release.key")
 
 
 # ---------------------------------------------------------------------- hidden files

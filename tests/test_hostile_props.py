@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,28 +62,37 @@ def _check(call, path: Path) -> None:
             assert int(line.group(1)) >= 1
 
 
+@contextlib.contextmanager
+def _written(data: bytes, name: str) -> Iterator[Path]:
+    """``data`` as the file ``name`` in a fresh temporary folder (hypothesis examples must not share tmp_path)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(data)
+        yield path
+
+
+def _strip_bom(data: bytes) -> bytes:
+    return data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+
+
 @SETTINGS
 @given(data=hostile_bytes)
 def test_any_bytes_as_txt(data: bytes) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "in.txt"
-        path.write_bytes(data)
+    with _written(data, "in.txt") as path:
         try:
             rows = read_texts(path)
         except EmbedkitError as exc:
             assert str(path) in exc.message
             return
         assert all(isinstance(r, str) and "\n" not in r for r in rows)
-        body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+        body = _strip_bom(data)
         assert len(rows) == body.count(b"\n") + (0 if not body or body.endswith(b"\n") else 1)
 
 
 @SETTINGS
 @given(data=st.one_of(hostile_bytes, json_lines))
 def test_any_bytes_as_jsonl(data: bytes) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "in.jsonl"
-        path.write_bytes(data)
+    with _written(data, "in.jsonl") as path:
         _check(lambda: read_texts(path), path)
         _check(lambda: load_train_data(path), path)
 
@@ -109,11 +120,9 @@ def test_any_bytes_in_a_beir_folder(which: str, data: bytes) -> None:
 @SETTINGS
 @given(data=hostile_bytes)
 def test_read_lines_row_i_is_line_i_plus_1(data: bytes) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "in.txt"
-        path.write_bytes(data)
+    with _written(data, "in.txt") as path:
         try:
-            text = (data[3:] if data.startswith(b"\xef\xbb\xbf") else data).decode("utf-8")
+            text = _strip_bom(data).decode("utf-8")
         except UnicodeDecodeError:
             with pytest.raises(EmbedkitError, match=re.escape(str(path)) + r":\d+: not UTF-8"):
                 read_lines(path)

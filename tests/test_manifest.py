@@ -23,23 +23,6 @@ from embedkit.cli import main
 from embedkit.errors import CheckpointError
 
 
-@pytest.fixture
-def folder(tmp_path):
-    """A small model-like folder: top-level files, a sub-folder, a binary file."""
-    d = tmp_path / "model"
-    (d / "1_Pooling").mkdir(parents=True)
-    (d / "config.json").write_text('{"hidden_size": 32}\n')
-    (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}\n')
-    (d / "model.safetensors").write_bytes(bytes(range(256)) * 9)
-    (d / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
-    return d
-
-
-@pytest.fixture
-def keys(tmp_path):
-    return generate_keypair(tmp_path / "keys" / "release.key")
-
-
 def _flip_byte(path, offset=100):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF

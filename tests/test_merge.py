@@ -8,10 +8,11 @@ import pytest
 
 from embedkit import CheckpointError, Embedder, EmbedderSpec
 from embedkit.checkpoint.manifest import verify_manifest
-from embedkit.checkpoint.merge import VERIFY_TEXTS, merge_lora
+from embedkit.checkpoint.merge import merge_lora
 from embedkit.cli import main
 from embedkit.train.arguments import parse_args
 from embedkit.train.trainer import run
+from embedkit.verify import SAMPLE_TEXTS
 from tests.test_finetune import _args, make_data
 
 TEXTS = ["the quick brown fox", "hello world cat", "", "  ", "中文 测试", "what is bge " * 30]
@@ -70,7 +71,7 @@ def merged(tiny_bert, adapter, tmp_path_factory):
 
 def test_merged_vectors_equal_base_plus_adapter_and_differ_from_base(tiny_bert, adapter, merged):
     dst, report = merged
-    assert report.path == dst and report.max_abs_diff <= TOL and report.num_texts == len(VERIFY_TEXTS)
+    assert report.path == dst and report.max_abs_diff <= TOL and report.num_texts == len(SAMPLE_TEXTS)
     assert report.base_max_abs_diff > 1e-3  # the training run really changed the vectors
     ours = Embedder(dst, show_progress=False)
     spec = EmbedderSpec(pooling="cls", normalize=True, query_instruction="query: ", query_max_length=16,

@@ -107,3 +107,27 @@ def test_int8_uses_the_onnx_graph_or_falls_back(tiny_bert, tmp_path, caplog):
 def test_dtype_and_precision_must_agree(tiny_bert):
     with pytest.raises(SpecError, match="disagree"):
         Embedder(tiny_bert, pooling="cls", dtype="bf16", precision="fp16")
+
+
+@pytest.mark.parametrize("requested, device, cpuinfo, value, reason", [
+    ("fp32", "cpu", CPUINFO_AMX, "fp32", "asked for"),
+    (None, "cpu", CPUINFO_AMX, "fp32", "default (exact: matches sentence-transformers / FlagEmbedding)"),
+    ("auto", "cpu", CPUINFO_AMX, "bf16", "auto: the CPU has bf16 matrix units (amx_bf16, avx512_bf16)"),
+    ("auto", "cuda", CPUINFO_AVX2, "fp16", "auto: CUDA device"),
+])
+def test_describe_precision_is_the_row_spec_shows(requested, device, cpuinfo, value, reason):
+    from embedkit.precision import describe_precision
+
+    assert describe_precision(requested, device, cpu_flags(cpuinfo)) == (
+        "precision", value, f"{reason} (non-fp32 runs a cached quality gate vs fp32)")
+
+
+def test_spec_json_precision_row_comes_from_the_library(capsys):
+    from embedkit.cli import main
+    from embedkit.precision import describe_precision
+
+    assert main(["spec", "minilm", "--json", "--precision", "auto"]) == 0
+    row = json.loads(capsys.readouterr().out)["precision"]
+    assert ("precision", row["value"], row["rule"]) == describe_precision("auto")
+    with pytest.raises(SpecError, match="unknown precision"):
+        describe_precision("fp8", "cpu", set())

@@ -91,3 +91,22 @@ def test_spec_format_and_newline():
     assert spec.format_query("x") == "Instruct: Find\nQuery: x"
     assert spec.format_passage("x") == "x"
     assert EmbedderSpec().to_dict()["pooling"] == "cls"
+
+
+def test_instruction_overrides_replace_one_side_only():
+    from embedkit.spec import instruction_overrides
+
+    assert instruction_overrides("query", "q: ") == {"query_instruction": "q: ", "query_instruction_format": None}
+    assert instruction_overrides("passage", "p: ", "{}| {}") == {
+        "passage_instruction": "p: ", "passage_instruction_format": "{}| {}"}
+    assert instruction_overrides(None, "plain: ") == {}  # plain texts: Embedder.encode(instruction=...)
+    assert instruction_overrides("query", None, "{}{}") == {}  # no instruction: the spec's stays
+    with pytest.raises(SpecError, match="'query', 'passage' or None") as err:
+        instruction_overrides("queries", "q: ")
+    assert err.value.param == "side"
+
+    spec = load_spec("minilm", instruction_overrides("query", "Q", "{} -> {}"))
+    assert spec.format_query("cats") == "Q -> cats" and spec.provenance["query_instruction"] == ARGUMENT
+    assert spec.format_passage("cats") == load_spec("minilm").format_passage("cats")
+    kept = load_spec("minilm", instruction_overrides("passage", "P: "))  # format None: the spec's format stays
+    assert kept.passage_instruction_format == load_spec("minilm").passage_instruction_format

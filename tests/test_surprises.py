@@ -176,12 +176,10 @@ def test_eval_unknown_split_is_an_error_listing_the_splits(tiny_bert, tmp_path, 
 # ---------------------------------------------------------------------- the int8 gate always sees the built-in sample
 def test_int8_gate_includes_the_builtin_sample_whatever_calibration_adds(tiny_bert, tmp_path):
     pytest.importorskip("onnxruntime")
-    from embedkit.export.onnx import export_onnx, gate_texts
-    from embedkit.parity import DEFAULT_TEXTS
-    from embedkit.precision import GATE_TEXTS
+    from embedkit.export.onnx import export_onnx
+    from embedkit.verify import SAMPLE_TEXTS  # the one sample the precision gate and parity also run
 
-    builtin = gate_texts()
-    assert set(DEFAULT_TEXTS) <= set(builtin) and set(GATE_TEXTS) <= set(builtin)
+    builtin = SAMPLE_TEXTS
     src = tmp_path / "src"
     save(tiny_bert, src, pooling="cls", normalize=True)
     calibration = tmp_path / "two.txt"

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, EmbedkitError, SpecError
+from .._optional import require
+from ..errors import CheckpointError, SpecError
 from ..folder.fingerprint import sha256_file, weights_fingerprint
 from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, read_export_info
 
@@ -24,10 +25,7 @@ class OnnxBackend:
     pooled = True
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise EmbedkitError("backend='onnx' needs onnxruntime", hint="pip install 'embedkit[onnx]'") from None
+        ort = require("onnxruntime", "backend='onnx'")
 
         if precision not in PRECISIONS:
             raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")

@@ -25,18 +25,12 @@ from ..folder.loading import load_model
 from ..folder.safe_load import load_state_dict
 from ..models import resolve_model_path
 from ..spec import load_spec
+from ..verify import SAMPLE_TEXTS, compare
 from .manifest import write_manifest
 
 logger = logging.getLogger("embedkit")
 
 TARGETS = ("safetensors", "bin")
-CHECK_TEXTS = (
-    "What is a text embedding?",
-    "Embeddings map sentences to vectors so that similar meanings are close together.",
-    "The cat sat on the mat.",
-    "中文句子的向量表示",
-    "",
-)
 
 
 @dataclass
@@ -171,7 +165,7 @@ def _compare(expected: dict[str, Any], written: dict[str, Any]) -> None:
 
 
 def _embedding_cosine(src: Path, new: Path) -> float | None:
-    """Minimum cosine between the source's and the converted model's embeddings on a few texts."""
+    """Minimum cosine between the source's and the converted model's embeddings on the built-in sample."""
     # lazy: pulls in torch; embedkit.checkpoint.convert stays importable without it (fast CLI start)
     from ..embedder import Embedder
 
@@ -180,12 +174,9 @@ def _embedding_cosine(src: Path, new: Path) -> float | None:
     except CheckpointError:
         return None  # no tokenizer: weights compared tensor by tensor only
     kwargs = {k: v for k, v in spec.to_dict().items() if k != "do_lower_case"}
-    a = Embedder(src, device="cpu", show_progress=False, **kwargs).encode(list(CHECK_TEXTS))
-    b = Embedder(new, device="cpu", show_progress=False, **kwargs).encode(list(CHECK_TEXTS))
-    import numpy as np
-
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return float(cos.min())
+    a = Embedder(src, device="cpu", show_progress=False, **kwargs).encode(list(SAMPLE_TEXTS))
+    b = Embedder(new, device="cpu", show_progress=False, **kwargs).encode(list(SAMPLE_TEXTS))
+    return compare(a, b).min_cosine
 
 
 def check_weights_fit(folder: Path, *, trust_pickle: bool = False) -> None:

@@ -70,6 +70,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._format import format_bytes
 from .._io import stale_siblings
 from ..errors import CheckpointError, EmbedkitError, SpecError
 from ..folder import layout
@@ -182,16 +183,6 @@ def _read_json_file(path: Path) -> tuple[Any, str | None]:
 
 def _q(path: str | Path) -> str:
     return shlex.quote(str(path))
-
-
-def format_bytes(n: int) -> str:
-    """``1234567`` -> ``'1.2 MB'`` (decimal units, as ``du --si``)."""
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{n} B"  # pragma: no cover
 
 
 def _safetensors_stats(paths: list[Path]) -> tuple[int, int, set[str]]:

@@ -17,35 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, DataError, EmbedkitError
+from .._optional import require
+from ..errors import CheckpointError, DataError
 from ..folder.layout import check_destination, check_model_folder, find_tokenizer_files
 from ..folder.loading import load_model, load_tokenizer
 from ..folder.safe_load import load_state_dict
 from ..models import resolve_model_path
 from ..spec import EmbedderSpec, load_spec, model_token_limit, read_sentence_transformers_spec, resolve_spec
+from ..verify import SAMPLE_TEXTS, compare
 from .save import save
 
 logger = logging.getLogger("embedkit")
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-VERIFY_TEXTS: tuple[str, ...] = (
-    "what is a text embedding?",
-    "An embedding is a vector of numbers that represents the meaning of a text.",
-    "",
-    "   ",
-    "short",
-    "The quick brown fox jumps over the lazy dog. " * 60,
-    "中文 测试 文本：向量检索",
-    "emoji 😀🚀 and accents: café, naïve, Zürich",
-    "Tabs\tand\tmixed   spaces, punctuation!? (brackets) [1, 2, 3]",
-    "def add(a, b):\n    return a + b",
-    "SELECT name FROM users WHERE id = 42;",
-    "Die Katze schläft auf dem Sofa, während der Hund draußen spielt.",
-)
-"""The built-in verification sample: short, empty, whitespace-only, past any max length, CJK, emoji, code."""
-
 
 @dataclass
 class MergeReport:
@@ -85,12 +70,7 @@ class MergeReport:
 
 # ---------------------------------------------------------------------- checks
 def _import_peft() -> Any:
-    try:
-        import peft
-    except ImportError:
-        raise EmbedkitError("merging a LoRA adapter needs the peft package, which is not installed",
-                            hint="pip install 'embedkit[train]'") from None
-    return peft
+    return require("peft", "merging a LoRA adapter")
 
 
 def read_adapter_config(adapter: Path) -> dict[str, Any]:
@@ -218,7 +198,7 @@ def merged_spec(base: Path, adapter: Path, base_config: dict[str, Any]) -> Embed
 
 def _check_texts(texts: Sequence[str] | None) -> list[str]:
     if texts is None:
-        return list(VERIFY_TEXTS)
+        return list(SAMPLE_TEXTS)
     if isinstance(texts, str):
         raise DataError("texts must be a list of strings, not one string", hint="pass [text] for a single text")
     items = list(texts)
@@ -264,7 +244,7 @@ def merge_lora(
         adapter: the LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
         dst: the merged model folder to write (must not exist unless ``overwrite``).
         overwrite: replace ``dst`` (atomically) if it exists.
-        texts: the verification sample (default :data:`VERIFY_TEXTS`).
+        texts: the verification sample (default :data:`embedkit.verify.SAMPLE_TEXTS`).
         tolerance: the largest accepted max abs difference between merged and adapter vectors.
         trust_pickle: allow full unpickling of the base's ``.bin`` weights (trusted files only).
 
@@ -310,7 +290,7 @@ def merge_lora(
     adapter_vecs = _encode_both(peft_model, tokenizer, spec, sample)
     with peft_model.disable_adapter():
         base_vecs = _encode_both(peft_model, tokenizer, spec, sample)
-    base_diff = float(np.abs(adapter_vecs - base_vecs).max()) if adapter_vecs.size else 0.0
+    base_diff = compare(adapter_vecs, base_vecs).max_abs_diff
     if base_diff == 0.0:
         logger.warning("the adapter %s does not change the vectors of %s at all (an untrained LoRA?); merging anyway",
                        adapter_dir, base_dir)
@@ -322,7 +302,7 @@ def merge_lora(
                               hint="the adapter weights may hold NaN/inf values; check the training run") from None
     merged.eval()
     merged_vecs = _encode_both(merged, tokenizer, spec, sample)
-    diff = float(np.abs(merged_vecs - adapter_vecs).max()) if merged_vecs.size else 0.0
+    diff = compare(merged_vecs, adapter_vecs).max_abs_diff
     if not diff <= tolerance:  # also catches NaN
         raise CheckpointError(
             f"the merged model's vectors differ from the adapter model's by {diff:.3g} (max abs, over "
@@ -346,4 +326,4 @@ def merge_lora(
     return report
 
 
-__all__ = ["MergeReport", "VERIFY_TEXTS", "merge_lora", "merged_spec", "read_adapter_config"]
+__all__ = ["MergeReport", "merge_lora", "merged_spec", "read_adapter_config"]

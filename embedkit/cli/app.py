@@ -11,6 +11,9 @@ import typer
 
 from .. import __version__
 from ..errors import EmbedkitError
+from . import checkpoint, encode, export, manifest, merge, mine, parity, recipe, spec, train
+from . import eval as eval_
+from . import inspect as inspect_
 
 
 def _click_modules() -> list:
@@ -58,6 +61,12 @@ def _version(value: bool) -> None:
     if value:
         typer.echo(f"embedkit {__version__}")
         raise typer.Exit()
+
+
+# one module per command group, each adding its own commands; this order is the order of `embedkit --help`
+COMMAND_MODULES = (checkpoint, encode, eval_, merge, recipe, inspect_, manifest, mine, export, parity, spec, train)
+for _module in COMMAND_MODULES:
+    _module.register(app)
 
 
 @app.callback()
@@ -135,11 +144,6 @@ def _tidy_help(command: Any) -> Any:
     return command
 
 
-def _register() -> None:
-    # each module registers its commands on `app`
-    from . import checkpoint, encode, eval, export, inspect, manifest, mine, onnx, parity, spec, train  # noqa: F401
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status.
 
@@ -147,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     ``error: ...`` / ``hint: ...`` and return 2; a missing or unreadable path the user named, too. Anything else is a
     bug in embedkit and propagates with its traceback.
     """
-    _register()
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         rc = _tidy_help(typer.main.get_command(app)).main(args=args, prog_name="embedkit", standalone_mode=False)

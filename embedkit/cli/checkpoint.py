@@ -6,20 +6,11 @@ from pathlib import Path
 
 import typer
 
-from .app import app
+from .._format import format_bytes
 
 _FORMAT_HELP = "safetensors | bin (a real pytorch_model.bin) | both."
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
-@app.command("save")
 def save_command(
     src: str = typer.Argument(..., help="Model or training-checkpoint folder (or 'minilm')."),
     dst: Path = typer.Argument(..., help="Destination folder (must not exist unless --overwrite)."),
@@ -55,11 +46,10 @@ def save_command(
                   passage_max_length=passage_max_length, truncate_dim=truncate_dim)
     size = sum((result.path / f).stat().st_size for f in result.files)
     layout = "HF + sentence-transformers" if result.sentence_transformers else "HF only"
-    typer.echo(f"saved {result.path} ({layout}, {len(result.files)} files, {_human(size)}); "
+    typer.echo(f"saved {result.path} ({layout}, {len(result.files)} files, {format_bytes(size)}); "
                f"pooling={result.spec.pooling} normalize={result.spec.normalize}")
 
 
-@app.command("convert")
 def convert_command(
     folder: str = typer.Argument(..., help="Model folder to convert."),
     to: str | None = typer.Option(None, "--to", help="safetensors | bin (default: keep the format)."),
@@ -91,7 +81,8 @@ def convert_command(
     check = "exact (every tensor identical)" if report.exact else f"max abs diff {report.max_abs_diff:.3g}"
     typer.echo(f"converted {report.path}: {report.tensors} tensors as {report.format}"
                + (f" {report.dtype}" if report.dtype else "")
-               + f", {_human(report.bytes_before)} -> {_human(report.bytes_after)}; round trip verified, {check}")
+               + f", {format_bytes(report.bytes_before)} -> {format_bytes(report.bytes_after)}; round trip verified, "
+               f"{check}")
     if report.embedding_cosine_min is not None:
         typer.echo(f"embedding cosine vs the source (min over 5 texts): {report.embedding_cosine_min:.6f}")
     if report.kept_formats:
@@ -101,7 +92,6 @@ def convert_command(
         typer.echo(f"dropped {' and '.join(report.dropped_formats)} (--drop-other-formats)")
 
 
-@app.command("slim")
 def slim_command(
     checkpoint: str = typer.Argument(..., help="Training checkpoint folder (e.g. output/checkpoint-1500)."),
     dst: Path = typer.Argument(..., help="Destination for the inference-only package."),
@@ -117,7 +107,14 @@ def slim_command(
 
     report = slim(checkpoint, dst, tokenizer=tokenizer, overwrite=overwrite, trust_pickle=trust_pickle)
     typer.echo(f"slimmed {checkpoint} -> {report.path}: kept {len(report.kept)} files, dropped {len(report.dropped)}; "
-               f"{_human(report.bytes_before)} -> {_human(report.bytes_after)} "
-               f"(saved {_human(report.bytes_saved)})")
+               f"{format_bytes(report.bytes_before)} -> {format_bytes(report.bytes_after)} "
+               f"(saved {format_bytes(report.bytes_saved)})")
     for f in report.dropped:
         typer.echo(f"  dropped {f}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit save``, ``embedkit convert``, ``embedkit slim`` to ``app``."""
+    app.command("save")(save_command)
+    app.command("convert")(convert_command)
+    app.command("slim")(slim_command)

@@ -9,12 +9,10 @@ from typing import Any
 import typer
 
 from ..errors import SpecError
-from .app import app
 
 logger = logging.getLogger("embedkit")
 
 
-@app.command()
 def encode(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm' for the bundled all-MiniLM-L6-v2."),
     input: Path = typer.Option(..., "--input", "-i", help=".txt (one text per line) or .jsonl file."),
@@ -56,6 +54,7 @@ def encode(
     from .._io import refuse_overwriting_inputs
     from ..embedder import Embedder
     from ..models import resolve_model_path
+    from ..spec import instruction_overrides
     from ..textio import read_texts, save_npy
 
     if queries and passages:
@@ -77,11 +76,8 @@ def encode(
                         hint=f"name it {output.with_suffix('.npy').name} (np.load reads it)")
     texts = read_texts(input, field=field)
     kind = "queries" if queries else "passages" if passages else None
-    overrides = {}
-    if instruction is not None and kind is not None:
-        prefix = "query" if queries else "passage"
-        overrides[f"{prefix}_instruction"] = instruction
-        overrides[f"{prefix}_instruction_format"] = instruction_format
+    overrides = instruction_overrides("query" if queries else "passage" if passages else None, instruction,
+                                      instruction_format)
     options = dict(pooling=pooling, normalize=normalize, max_length=max_length, truncate_dim=truncate_dim,
                    device=device, dtype=dtype, precision=precision, batch_size=batch_size, show_progress=progress,
                    **overrides)
@@ -127,3 +123,8 @@ def _encode_m3(model: str, texts: list[str], input: Path, output: Path, kind: st
         parts.append(f"colbert ({sum(len(v) for v in result['colbert_vecs'])} token vectors)")
     typer.echo(f"wrote {output} [{', '.join(parts)}]{''.join(' and ' + w for w in written)} "
                f"({len(texts)} texts from {input}); precision {embedder.precision_summary}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit encode`` to ``app``."""
+    app.command("encode")(encode)

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from ..errors import DataError
-from .app import app
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
@@ -22,7 +21,6 @@ def _parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-@app.command("eval")
 def eval_command(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
     data: Path = typer.Option(..., "--data", "-d", help="BEIR / FlagEmbedding layout folder."),
@@ -91,3 +89,8 @@ def eval_command(
     for path in (output, plot):
         if path:
             typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit eval`` to ``app``."""
+    app.command("eval")(eval_command)

@@ -1,4 +1,5 @@
-"""``embedkit merge`` (LoRA adapter -> plain model, verified) and ``embedkit recipe`` (a standalone script)."""
+"""``embedkit export``, the export group: ``export onnx`` (ONNX graphs verified against PyTorch, optional
+quality-gated int8)."""
 
 from __future__ import annotations
 
@@ -6,60 +7,44 @@ from pathlib import Path
 
 import typer
 
-from .app import app
+export_app = typer.Typer(help="Export a model to other runtimes (ONNX).", no_args_is_help=True)
 
 
-@app.command("merge")
-def merge_command(
-    base: str = typer.Argument(..., help="Base model folder the adapter was trained on (or 'minilm')."),
-    adapter: Path = typer.Argument(..., help="LoRA adapter folder (adapter_config.json + adapter weights)."),
-    dst: Path = typer.Argument(..., help="Where to write the merged model (must not exist unless --overwrite)."),
+@export_app.command("onnx")
+def export_onnx_command(
+    model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
+    dst: Path = typer.Argument(..., help="Destination: a complete model folder with onnx/ inside."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+    quantize: str | None = typer.Option(None, help="int8: also write onnx/embedder_int8.onnx if it passes the gate."),
+    min_cosine: float = typer.Option(0.99, help="int8 gate: mean cosine vs fp32 (built-in sample + --calibration)."),
+    min_cosine_floor: float = typer.Option(0.95, help="int8 gate: minimum cosine over the same texts."),
+    calibration: Path | None = typer.Option(
+        None, help="Texts added to the built-in gate sample (.txt, one per line, or .jsonl)."),
     overwrite: bool = typer.Option(False, help="Replace DST if it exists (atomically)."),
-    texts: Path | None = typer.Option(
-        None, "--texts", help="Verification texts, one per line (default: a built-in varied sample)."),
-    tolerance: float = typer.Option(1e-4, min=0, help="Largest accepted max abs diff vs the adapter model."),
-    trust_pickle: bool = typer.Option(False, help="Allow full unpickling of the base's .bin weights (trusted only)."),
+    trust_pickle: bool = typer.Option(False, help="Allow full unpickling of .bin weights (trusted files only)."),
 ) -> None:
-    """Merge the LoRA ADAPTER into BASE and save DST; its vectors are checked against base + adapter first.
+    """Export MODEL to DST/onnx/model.onnx (transformer) and DST/onnx/embedder.onnx (ids -> final vector).
 
-    The spec (pooling, instructions, max lengths...) and the tokenizer come from the adapter folder when it has
-    them, else from BASE. Nothing is written when the merged vectors differ from the adapter model's.
-
-    Example: embedkit merge bge-small-en-v1.5 output/adapter bge-small-finetuned
+    Example: embedkit export onnx my-bge my-bge-onnx --quantize int8
     """
-    from ..checkpoint.merge import merge_lora
-    from ..textio import read_lines
+    from ..export.onnx import export_onnx
 
-    sample = read_lines(texts, "--texts file") if texts is not None else None
-    report = merge_lora(base, adapter, dst, overwrite=overwrite, texts=sample, tolerance=tolerance,
-                        trust_pickle=trust_pickle)
-    typer.echo(f"merged: {report.verification}; the adapter moves the base's vectors by up to "
-               f"{report.base_max_abs_diff:.3g}")
-    typer.echo(f"saved {report.path} ({len(report.files)} files); pooling={report.spec.pooling} "
-               f"normalize={report.spec.normalize}")
+    r = export_onnx(model, dst, opset=opset, quantize=quantize, min_cosine=min_cosine,
+                    min_cosine_floor=min_cosine_floor, calibration=calibration, overwrite=overwrite,
+                    trust_pickle=trust_pickle)
+    typer.echo(f"exported {r.path}: onnx/model.onnx + onnx/embedder.onnx (opset {r.opset}, inputs "
+               f"{', '.join(r.inputs)}); max abs diff vs PyTorch {r.parity_max_abs_diff:.2e} ({r.seconds:.1f} s)")
+    if r.int8 is not None:
+        if r.int8["kept"]:
+            typer.echo(f"int8: kept onnx/embedder_int8.onnx ({r.int8['settings']}): mean cosine "
+                       f"{r.int8['mean_cosine']:.4f}, min {r.int8['min_cosine']:.4f} over {r.int8['texts']} texts")
+        else:
+            best = max(r.int8["tried"], key=lambda t: t["mean_cosine"])
+            typer.echo(f"int8: NOT kept — best mean cosine {best['mean_cosine']:.4f} (min {best['min_cosine']:.4f}) "
+                       f"is below the gate {min_cosine} / {min_cosine_floor}; the fp32 graph is the export")
+    typer.echo(f"load it: Embedder({str(r.path)!r}, backend='onnx')")
 
 
-@app.command("recipe")
-def recipe_command(
-    model: str = typer.Argument(..., help="Model folder (or 'minilm')."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write the script here (atomically)."),
-    path_placeholder: bool = typer.Option(
-        False, "--path-placeholder", help="Load from path/to/this/folder instead of the model folder's absolute path."),
-) -> None:
-    """Print a standalone transformers + torch script that reproduces MODEL's vectors exactly.
-
-    The script applies the spec (instructions, lower-casing, max lengths, pooling, truncation, normalization) and
-    defines encode_queries / encode_passages. Redirect it to a file or use --output.
-
-    Example: embedkit recipe my-model > embed_my_model.py
-    """
-    from .._io import atomic_write
-    from ..recipe import recipe
-
-    code = recipe(model, placeholder=path_placeholder)
-    if output is None:
-        typer.echo(code, nl=False)
-        return
-    with atomic_write(output, "w") as fh:
-        fh.write(code)
-    typer.echo(f"wrote {output}")
+def register(app: typer.Typer) -> None:
+    """Add the ``embedkit export`` group (``export onnx``) to ``app``."""
+    app.add_typer(export_app, name="export")

@@ -6,11 +6,10 @@ import json
 
 import typer
 
+from .._format import format_bytes
 from ..errors import CheckpointError
-from .app import app
 
 
-@app.command("inspect")
 def inspect_command(
     folder: str = typer.Argument(..., metavar="DIR", help="Model, checkpoint, adapter or export folder (or 'minilm')."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON (stable schema)."),
@@ -49,7 +48,7 @@ def _print_report(report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..checkpoint.inspect import KIND_DESCRIPTIONS, format_bytes
+    from ..checkpoint.inspect import KIND_DESCRIPTIONS
 
     console = Console()
     model = report.model
@@ -118,3 +117,8 @@ def _print_report(report) -> None:
         console.print(f"[red]not ready for inference: {len(report.problems)} problem(s) listed above[/red]")
     elif not report.next_steps:
         console.print("[green]nothing to do: the folder is ready for inference[/green]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit inspect`` to ``app``."""
+    app.command("inspect")(inspect_command)

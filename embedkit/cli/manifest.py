@@ -7,19 +7,9 @@ from pathlib import Path
 
 import typer
 
-from .app import app
+from .._format import format_bytes
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-@app.command("manifest")
 def manifest_cmd(
     folder: Path = typer.Argument(..., help="The model folder to describe."),
     sign: Path | None = typer.Option(None, "--sign", metavar="KEYFILE",
@@ -36,12 +26,11 @@ def manifest_cmd(
     path = write_manifest(folder, sign_key=sign, show_progress=progress)
     files = json.loads(path.read_text(encoding="utf-8"))["files"]
     total = sum(entry["size"] for entry in files.values())
-    typer.echo(f"wrote {path}: {len(files)} files, {total} bytes ({_human(total)})")
+    typer.echo(f"wrote {path}: {len(files)} files, {total} bytes ({format_bytes(total)})")
     if sign is not None:
         typer.echo(f"wrote {path.parent / SIGNATURE_NAME} (ed25519, verify with {sign}.pub)")
 
 
-@app.command("verify")
 def verify_cmd(
     folder: Path = typer.Argument(..., help="The model folder to check against its embedkit-manifest.json."),
     public_key: Path | None = typer.Option(None, "--public-key", metavar="KEYFILE",
@@ -72,7 +61,6 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
-@app.command("keygen")
 def keygen_cmd(
     out: Path = typer.Argument(..., help="Where to write the private key; the public key goes to OUT.pub."),
 ) -> None:
@@ -85,3 +73,10 @@ def keygen_cmd(
     private, public = generate_keypair(out)
     typer.echo(f"private key: {private} (keep it secret; sign with `embedkit manifest DIR --sign {private}`)")
     typer.echo(f"public key:  {public} (share it; verify with `embedkit verify DIR --public-key {public}`)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit manifest``, ``embedkit verify``, ``embedkit keygen`` to ``app``."""
+    app.command("manifest")(manifest_cmd)
+    app.command("verify")(verify_cmd)
+    app.command("keygen")(keygen_cmd)

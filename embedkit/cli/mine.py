@@ -7,10 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .app import app
 
-
-@app.command("mine")
 def mine_command(
     model: str = typer.Argument(..., help="Local embedding model folder, or 'minilm' for the bundled MiniLM."),
     input: list[Path] = typer.Option(..., "--input", "-i", help="Training jsonl file or folder (repeatable)."),
@@ -51,7 +48,6 @@ def mine_command(
                f"with random passages{extra}")
 
 
-@app.command("score-pairs")
 def score_pairs_command(
     reranker: Path = typer.Argument(..., help="Local cross-encoder (reranker) folder."),
     input: list[Path] = typer.Option(..., "--input", "-i", help="Training jsonl file or folder (repeatable)."),
@@ -80,3 +76,9 @@ def score_pairs_command(
     extra = f", {report.skipped_rows} invalid rows skipped" if report.skipped_rows else ""
     typer.echo(f"wrote {report.output}: {report.pairs} pairs of {report.rows} rows scored by {report.model} "
                f"(max length {report.max_length}){extra}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit mine``, ``embedkit score-pairs`` to ``app``."""
+    app.command("mine")(mine_command)
+    app.command("score-pairs")(score_pairs_command)

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .app import app
 
-
-@app.command("parity")
 def parity_command(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
     texts: Path | None = typer.Option(None, help="Texts to compare on (.txt one per line, or .jsonl 'text')."),
@@ -57,3 +54,8 @@ def parity_command(
             console.print(f"[dim]skipped {escape(name)}: {escape(why)}[/]")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit parity`` to ``app``."""
+    app.command("parity")(parity_command)

@@ -6,10 +6,7 @@ import json
 
 import typer
 
-from .app import app
 
-
-@app.command("spec")
 def spec_command(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: {field: {value, rule}}."),
@@ -21,15 +18,11 @@ def spec_command(
 
     Example: embedkit spec minilm --json
     """
-    from ..precision import select_precision
+    from ..precision import describe_precision
     from ..spec import describe, load_spec
 
     spec = load_spec(model, warn=not as_json)
-    rows = describe(spec)
-    import torch
-
-    choice = select_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
-    rows.append(("precision", choice.precision, choice.reason + " (non-fp32 runs a cached quality gate vs fp32)"))
+    rows = describe(spec) + [describe_precision(precision)]
     if as_json:
         typer.echo(json.dumps({name: {"value": value, "rule": rule} for name, value, rule in rows},
                               indent=2, ensure_ascii=False))
@@ -45,3 +38,8 @@ def spec_command(
     for name, value, rule in rows:
         table.add_row(name, escape(repr(value)), escape(rule))  # values come from the folder: not rich markup
     Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit spec`` to ``app``."""
+    app.command("spec")(spec_command)

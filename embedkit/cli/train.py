@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from .app import app
 
-
-@app.command(
-    "finetune",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-    add_help_option=False,
-)
 def finetune_command(ctx: typer.Context) -> None:
     """Fine-tune an embedder (InfoNCE with hard, in-batch and cross-device negatives, distillation, LoRA, GradCache).
 
@@ -29,3 +22,12 @@ def finetune_command(ctx: typer.Context) -> None:
         return
     final = run(*parse_args(list(ctx.args)))
     typer.echo(f"trained model: {final}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``embedkit finetune`` to ``app``: every argument passes through to the training argument parser."""
+    app.command(
+        "finetune",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+        add_help_option=False,
+    )(finetune_command)

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
 from ..errors import EmbedkitError
 from ..folder.fingerprint import model_fingerprint
+from ..search import search
 from ..textio import save_npy, writing
 from .data import EvalData, load_eval_data
 
@@ -49,10 +51,7 @@ def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, f
 
     ``run`` maps each query id to ``{doc id: score}``; a query with no retrieved documents scores 0.
     """
-    try:
-        import pytrec_eval
-    except ImportError:
-        raise EmbedkitError("evaluation needs pytrec_eval", hint="pip install 'embedkit[eval]'") from None
+    pytrec_eval = require("pytrec_eval", "evaluation")
     ks = tuple(sorted(set(ks)))
     k_str = ",".join(map(str, ks))
     run = {q: run.get(q, {}) or {"__none__": 0.0} for q in qrels}
@@ -76,17 +75,6 @@ def compute_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, f
 def _metric_order(name: str) -> tuple[int, int]:
     metric, k = name.split("@")
     return METRICS.index(metric), int(k)
-
-
-def search(query_vecs: np.ndarray, corpus_vecs: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product search (faiss ``IndexFlatIP``): ``(scores, indices)`` of shape (n_queries, top_k)."""
-    try:
-        import faiss
-    except ImportError:
-        raise EmbedkitError("evaluation needs faiss", hint="pip install 'embedkit[eval]'") from None
-    index = faiss.IndexFlatIP(corpus_vecs.shape[1])
-    index.add(np.ascontiguousarray(corpus_vecs, dtype=np.float32))
-    return index.search(np.ascontiguousarray(query_vecs, dtype=np.float32), min(top_k, corpus_vecs.shape[0]))
 
 
 # ---------------------------------------------------------------------- corpus embedding cache
@@ -146,7 +134,7 @@ def evaluate(model: Any, data: EvalData | str | Path, *, split: str = "test", ks
     corpus_vecs, hit = encode_corpus_cached(embedder, data, Path(cache_dir) if cache_dir else None, batch_size)
     qids = list(data.queries)
     query_vecs = embedder.encode_queries([data.queries[q] for q in qids], batch_size=batch_size)
-    scores, idx = search(query_vecs, corpus_vecs, max(ks))
+    scores, idx = search(query_vecs, corpus_vecs, max(ks), feature="evaluation")
     doc_ids = list(data.corpus)
     run = {q: {doc_ids[j]: float(s) for s, j in zip(scores[i], idx[i], strict=True) if j >= 0}
            for i, q in enumerate(qids)}
@@ -193,10 +181,9 @@ def main_metrics(metrics: dict[str, float]) -> tuple[str, ...]:
 def plot_comparison(results: list[EvalResult], png: str | Path, labels: list[str] | None = None,
                     metrics: tuple[str, ...] | None = None, title: str = "Retrieval quality") -> Path:
     """A grouped bar chart of the main metrics for each result, written atomically as PNG."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "plotting")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "plotting")
 
 
     labels = labels or [r.model for r in results]

@@ -23,6 +23,7 @@ import torch
 
 from .. import pooling
 from .._io import atomic_dir, atomic_write
+from .._optional import require
 from ..checkpoint.manifest import write_manifest
 from ..embedder import Embedder
 from ..errors import CheckpointError, EmbedkitError
@@ -31,33 +32,13 @@ from ..folder.layout import INFERENCE_CLASSES, check_destination, check_model_fo
 from ..folder.loading import load_model, load_tokenizer
 from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, EXPORT_INFO_FILE, TRANSFORMER_FILE
 from ..models import resolve_model_path
-from ..parity import DEFAULT_TEXTS
-from ..precision import GATE_TEXTS
 from ..spec import EmbedderSpec, load_spec
 from ..textio import read_texts
+from ..verify import SAMPLE_TEXTS, compare
 
 logger = logging.getLogger("embedkit")
 
 DEFAULT_OPSET = 17
-
-CALIBRATION_TEXTS = (
-    "", "hi", "What is a text embedding?", "how do I fine-tune bge on my own data",
-    "The quick brown fox jumps over the lazy dog.",
-    "Embeddings map sentences to vectors so that texts with similar meanings end up close together, which is what "
-    "semantic search, clustering and retrieval-augmented generation rely on.",
-    "def cosine(a, b):\n    return (a @ b) / (np.linalg.norm(a) * np.linalg.norm(b))",
-    "Der schnelle braune Fuchs springt über den faulen Hund.", "Le modèle encode les requêtes et les passages.",
-    "中文句子的向量表示", "日本語の文も同じように扱えます。", "emoji 😀🚀 and symbols ±∞ → ✓",
-    "SELECT id, title FROM papers WHERE year > 2020 ORDER BY citations DESC LIMIT 10;",
-    "Error: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity)",
-    "1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144", "   leading and trailing spaces   ",
-    " ".join(["a long passage that goes on and on past the usual length limits of a query"] * 30),
-    "Represent this sentence for searching relevant passages: what causes rainbows?",
-    "Rainbows appear when sunlight is refracted, reflected and dispersed inside water droplets.",
-    "The mitochondria is the powerhouse of the cell.", "Q3 revenue grew 12% year over year to $4.1B.",
-    "Patient presents with acute onset chest pain radiating to the left arm.",
-    "git rebase -i HEAD~3 lets you squash the last three commits.", "¿Dónde está la biblioteca?",
-)
 
 # int8 candidates, fastest first; the first that passes the gate is kept. Quantizing every MatMul (per-channel)
 # gave mean cosine 0.987 / min 0.971 vs fp32 on 260 varied texts with all-MiniLM-L6-v2: the feed-forward output
@@ -147,10 +128,6 @@ def _feeds(tokenizer: Any, texts: list[str], max_length: int, names: list[str]) 
     return out
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-
-
 def _quantize_in_scratch(quantize: Any, fp32_path: Path, out_path: Path, **options: Any) -> None:
     """Run onnxruntime's ``quantize_dynamic`` so that every file it writes lands in a scratch folder.
 
@@ -205,22 +182,15 @@ def quantize_int8(fp32_path: Path, out_path: Path, reference: np.ndarray, feed: 
         _quantize_in_scratch(quantize_dynamic, fp32_path, out_path, weight_type=QuantType.QInt8, per_channel=True,
                              nodes_to_exclude=list(exclude))
         vecs = _session(out_path).run(None, feed)[0]
-        cos = _cosines(vecs, reference)
-        result = {"settings": label, "excluded_nodes": len(exclude), "mean_cosine": round(float(cos.mean()), 6),
-                  "min_cosine": round(float(cos.min()), 6), "texts": int(len(cos))}
+        c = compare(vecs, reference)
+        result = {"settings": label, "excluded_nodes": len(exclude), "mean_cosine": round(c.mean_cosine, 6),
+                  "min_cosine": round(c.min_cosine, 6), "texts": c.rows}
         tried.append(result)
         if result["mean_cosine"] >= min_cosine and result["min_cosine"] >= min_cosine_floor:
             return {"kept": True, **result, "tried": tried, "min_cosine_gate": min_cosine,
                     "min_cosine_floor": min_cosine_floor}
     out_path.unlink(missing_ok=True)
     return {"kept": False, "tried": tried, "min_cosine_gate": min_cosine, "min_cosine_floor": min_cosine_floor}
-
-
-def gate_texts() -> list[str]:
-    """The built-in varied sample every export's parity check and int8 gate run on (``--calibration`` adds to it):
-    :data:`CALIBRATION_TEXTS`, the precision gate's :data:`embedkit.precision.GATE_TEXTS` and ``embedkit parity``'s
-    default texts, so an int8 graph that passes the gate also holds up when ``parity`` measures it."""
-    return list(dict.fromkeys([*CALIBRATION_TEXTS, *GATE_TEXTS, *DEFAULT_TEXTS]))
 
 
 def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSET, quantize: str | None = None,
@@ -235,10 +205,8 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     Example:
         >>> export_onnx("my-bge", "my-bge-onnx", quantize="int8")
     """
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise EmbedkitError("ONNX export needs onnx and onnxruntime", hint="pip install 'embedkit[onnx]'") from None
+    require("onnx", "ONNX export")
+    require("onnxruntime", "ONNX export")
 
     t0 = time.perf_counter()
     if quantize not in (None, "int8"):
@@ -249,7 +217,7 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     tokenizer = load_tokenizer(src)
     encoder = load_model(src, trust_pickle=trust_pickle).float().eval()
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
-    texts = gate_texts()
+    texts = list(SAMPLE_TEXTS)  # the whole varied sample, for the parity check and the int8 gate alike
     n_added = 0
     if calibration is not None:  # added to the built-in varied sample, never instead of it
         builtin = set(texts)
@@ -280,7 +248,7 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
             with torch.no_grad():
                 hidden, mask = reference.backend.forward(feed)
                 ref = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim).numpy()
-            worst = max(worst, float(np.abs(session.run(None, feed)[0] - ref).max()))
+            worst = max(worst, compare(session.run(None, feed)[0], ref).max_abs_diff)
         if worst > 1e-4:
             raise CheckpointError(f"the exported graph differs from PyTorch (max abs diff {worst:.2e})",
                                   hint="please report this model type as an embedkit bug")

@@ -13,6 +13,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .._optional import require
 from ..errors import ArgumentError, DataError, EmbedkitError
 
 logger = logging.getLogger("embedkit")
@@ -133,10 +134,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"config file {path} does not exist", hint="pass --config FILE.yaml|FILE.json")
     text = path.read_text(encoding="utf-8")
+    yaml = require("yaml", "a YAML config file") if path.suffix.lower() in (".yaml", ".yml") else None
     try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
+        if yaml is not None:
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)

@@ -25,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from .._io import refuse_overwriting_inputs
+from .._optional import require
 from ..batching import batches, length_sorted_order, pad_features
-from ..errors import CheckpointError, DataError, EmbedkitError, SpecError
+from ..errors import CheckpointError, DataError, SpecError
 from ..folder.layout import check_model_folder
 from ..folder.loading import load_model, load_tokenizer
 from ..models import resolve_model_path
+from ..search import search
 from ..spec import model_token_limit
 from ..textio import read_texts
 from .data import TrainExample, expand_paths, load_train_data, write_train_jsonl
@@ -204,13 +206,9 @@ def _import_faiss() -> Any:
     level = loader_log.level
     loader_log.setLevel(max(level, logging.WARNING))  # faiss logs every CPU-feature probe at INFO
     try:
-        import faiss
-    except ImportError as exc:
-        raise EmbedkitError("hard-negative mining needs faiss, which is not installed",
-                            hint="pip install 'embedkit[train]'  (or pip install faiss-cpu)") from exc
+        return require("faiss", "hard-negative mining")
     finally:
         loader_log.setLevel(level)
-    return faiss
 
 
 def mine_hard_negatives(
@@ -268,7 +266,7 @@ def mine_hard_negatives(
     output = _check_output(Path(output), [*inputs, *files], [pool_file] if pool_file else [], [model])
     if use_gpu_for_searching:
         logger.info("use_gpu_for_searching is ignored: embedkit searches exactly on the CPU (faiss IndexFlatIP)")
-    faiss = _import_faiss()
+    _import_faiss()  # fail before encoding anything; quietly (faiss logs every CPU-feature probe)
 
     data = load_train_data(files, skip_invalid=skip_invalid)
     examples = data.examples
@@ -297,19 +295,12 @@ def mine_hard_negatives(
     p_vecs = np.ascontiguousarray(
         embedder.encode_corpus(pool, batch_size=batch_size, show_progress=show_progress), dtype=np.float32)
 
-    index = faiss.IndexFlatIP(p_vecs.shape[1])
-    index.add(p_vecs)
-    k = min(end, len(pool))
-    hits = np.empty((len(examples), k), dtype=np.int64)
     step = 1024
     from tqdm.auto import tqdm
 
     with tqdm(total=len(examples), desc="Searching", unit="query", leave=False,
               disable=not _progress_enabled(show_progress, len(examples), step)) as bar:
-        for s in builtins.range(0, len(examples), step):
-            _, idx = index.search(q_vecs[s:s + step], k)
-            hits[s:s + step] = idx
-            bar.update(len(idx))
+        _, hits = search(q_vecs, p_vecs, end, batch_size=step, on_batch=bar.update, feature="hard-negative mining")
 
     rng = random.Random(seed)
     mined: list[TrainExample] = []

@@ -18,6 +18,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .._io import atomic_dir, atomic_write
+from .._optional import available, require
 from ..batching import batches, length_sorted_order, pad_features
 from ..checkpoint.convert import read_weights
 from ..checkpoint.manifest import write_manifest
@@ -193,10 +194,9 @@ def plot_loss_curve(metrics_path: Path, png: Path) -> Path | None:
     points = [(p["step"], p["loss"]) for p in points if "loss" in p]
     if not points:
         return None
-    import matplotlib
-
+    matplotlib = require("matplotlib", "the loss curve plot")
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the loss curve plot")
 
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
@@ -355,11 +355,7 @@ def load_trained_weights(model: EmbedderTrainingModel, folder: Path) -> None:
 
 
 def _is_peft(model: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
+    return available("peft") and isinstance(model, require("peft").PeftModel)
 
 
 # ---------------------------------------------------------------------- building and running
@@ -373,10 +369,7 @@ def build_spec(model_args: ModelArguments) -> EmbedderSpec:
 
 def apply_lora(encoder: Any, model_args: ModelArguments) -> Any:
     """Wrap ``encoder`` in a peft LoRA model (target modules chosen per architecture unless given)."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise EmbedkitError("--lora needs the peft package", hint="pip install 'embedkit[train]'") from None
+    peft = require("peft", "--lora")
     if model_args.lora_target_modules:
         targets = [t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()]
     else:
@@ -385,9 +378,9 @@ def apply_lora(encoder: Any, model_args: ModelArguments) -> Any:
             raise EmbedkitError(f"no default LoRA target modules for model type {model_type!r}",
                                 hint="pass --lora_target_modules name1,name2 (module names of the attention layers)")
         targets = LORA_TARGETS[model_type]
-    config = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                        target_modules=targets, bias="none")
-    return get_peft_model(encoder, config)
+    config = peft.LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+                             lora_dropout=model_args.lora_dropout, target_modules=targets, bias="none")
+    return peft.get_peft_model(encoder, config)
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments,
