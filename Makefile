@@ -22,8 +22,9 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/python -m embedkit.demo
 
+# two workers (one per core); a test file stays on one worker so its module fixtures are built once
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: venv
 	$(BIN)/python benchmarks/encode.py
