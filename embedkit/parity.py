@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -167,8 +168,9 @@ def run_recipe(code: str, texts: list[str], *, timeout: float = RECIPE_TIMEOUT) 
         cmd = [sys.executable, str(files["runner"]), str(files["recipe"]), str(files["texts"]),
                str(files["query"]), str(files["passage"])]
         try:
+            env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # the recipe loads a local folder
             proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, errors="replace", timeout=timeout,
-                                  check=False)
+                                  check=False, env=env)
         except subprocess.TimeoutExpired:
             raise EmbedkitError(
                 f"the recipe script did not finish within {timeout:g} s",
