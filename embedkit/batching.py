@@ -7,6 +7,12 @@ from typing import Any
 
 import numpy as np
 
+FEATURE_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+"""The tokenizer outputs a model takes; everything else a tokenizer returns (offsets, lengths...) is dropped."""
+
+Features = dict[str, list[list[int]]]
+"""Unpadded token ids per text: ``{"input_ids": [[...], ...], "attention_mask": [...], ("token_type_ids")}``."""
+
 
 def length_sorted_order(lengths: Sequence[int]) -> np.ndarray:
     """Indices that sort texts by token length, longest first (stable, so ties keep input order).
@@ -141,3 +147,48 @@ def cut_to_budget(tokenizer: Any, texts: list[str], max_length: int, budget: tup
         return texts
     kept = max(0, max_length - tokenizer.num_special_tokens_to_add(pair=False))
     return [_safe_prefix(tokenizer, t, limit, kept, guard) if len(t) > limit else t for t in texts]
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int, *, pairs: Sequence[str] | None = None,
+             truncation: bool | str = True, budget: tuple[int, int] | None = None) -> Features:
+    """The features stage's first half: tokenize without padding, truncating at ``max_length`` (as FlagEmbedding).
+
+    ``pairs``: second texts for cross-encoder inputs (``truncation="longest_first"`` as sentence-transformers'
+    CrossEncoder). ``budget`` (:func:`chars_per_token`): texts far longer than ``max_length`` tokens can be are cut
+    to a character budget first (:func:`cut_to_budget`: the same tokens, a fraction of the time); single texts only.
+    """
+    if not texts:
+        return {"input_ids": [], "attention_mask": []}
+    texts = list(texts)
+    if budget is not None and pairs is None:
+        texts = cut_to_budget(tokenizer, texts, max_length, budget)
+    if pairs is None:
+        enc = tokenizer(texts, truncation=truncation, max_length=max_length, padding=False)
+    else:
+        enc = tokenizer(texts, list(pairs), truncation=truncation, max_length=max_length, padding=False)
+    return {k: v for k, v in enc.items() if k in FEATURE_KEYS}
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The tokenizer's padding id (0 when it has none, as the peers do)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def padded_batches(features: Features, tokenizer: Any, batch_size: int, *, sort: bool = True,
+                   max_tokens: int | None = None, multiple_of: int = 1
+                   ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """The features stage's second half: ``(rows, padded arrays)`` per batch.
+
+    ``sort``: token-length sorted, longest first (inference); ``False`` keeps input order (FlagEmbedding's
+    ``compute_score`` pads in input order). ``max_tokens``: a token budget per batch (:func:`token_budget_batches`)
+    instead of a fixed count. ``multiple_of`` rounds padded widths up (fewer kernel shapes in bf16 / fp16). Padding
+    id and side come from the tokenizer.
+    """
+    lengths = [len(ids) for ids in features["input_ids"]]
+    order = length_sorted_order(lengths) if sort else np.arange(len(lengths))
+    side = getattr(tokenizer, "padding_side", "right")
+    chunks = (token_budget_batches(order, lengths, max_tokens, batch_size) if max_tokens
+              else batches(order, batch_size))
+    pad_id = pad_token_id(tokenizer)
+    for rows in chunks:
+        yield rows, pad_features(features, rows, pad_id, side, multiple_of)

@@ -11,10 +11,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from . import pooling
+from . import batching, pooling
 from .backends.onnx_backend import OnnxBackend
 from .backends.torch_backend import TorchBackend, resolve_device
-from .batching import batches, chars_per_token, cut_to_budget, length_sorted_order, pad_features, token_budget_batches
+from .batching import chars_per_token
 from .dtypes import resolve_dtype
 from .errors import CheckpointError, EmbedkitError, SpecError
 from .folder.layout import check_model_folder
@@ -147,7 +147,7 @@ class Embedder:
         if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or max_batch_tokens <= 0):
             raise SpecError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         self.max_batch_tokens = max_batch_tokens
-        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.pad_token_id = batching.pad_token_id(self.tokenizer)
         self.quality: dict[str, Any] | None = None
         self._init_backend(backend, precision, dtype, device, precision_gate, trust_pickle)
 
@@ -268,7 +268,7 @@ class Embedder:
         self.model_max_length = limit if isinstance(limit, int) and 0 < limit < 1_000_000 else None
         self.batch_size = batch_size
         self.show_progress = show_progress
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_token_id = batching.pad_token_id(tokenizer)
         return self
 
     @property
@@ -341,14 +341,10 @@ class Embedder:
 
         Texts far longer than ``max_length`` tokens can be are cut to a character budget first
         (:func:`embedkit.batching.cut_to_budget`: same tokens, a fraction of the time and memory)."""
-        if not texts:
-            return {"input_ids": [], "attention_mask": []}
         budget = getattr(self, "_char_budget", None)
-        if budget is None:
+        if budget is None and texts:
             budget = self._char_budget = chars_per_token(self.tokenizer)
-        texts = cut_to_budget(self.tokenizer, texts, max_length, budget)
-        enc = self.tokenizer(texts, truncation=True, max_length=max_length, padding=False)
-        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return batching.tokenize(self.tokenizer, texts, max_length, budget=budget)
 
     def _encode(self, texts, format_fn, max_length, batch_size, convert_to, show_progress):
         items, single = _check_texts(texts)
@@ -381,13 +377,9 @@ class Embedder:
                         ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         """``(rows, padded features)``: token-length sorted, by count or by ``max_batch_tokens``, padded (to a
         multiple of 16 in bf16 / fp16). Every encode loop (dense, bge-m3) goes through here."""
-        lengths = [len(ids) for ids in features["input_ids"]]
-        order = length_sorted_order(lengths)
-        padding_side = getattr(self.tokenizer, "padding_side", "right")
-        chunks = (token_budget_batches(order, lengths, self.max_batch_tokens, batch_size)
-                  if getattr(self, "max_batch_tokens", None) else batches(order, batch_size))
-        for rows in chunks:
-            yield rows, pad_features(features, rows, self.pad_token_id, padding_side, self._pad_multiple)
+        yield from batching.padded_batches(features, self.tokenizer, batch_size,
+                                           max_tokens=getattr(self, "max_batch_tokens", None),
+                                           multiple_of=self._pad_multiple)
 
     def _progress(self, total: int, batch_size: int, show_progress: bool | None):
         from tqdm.auto import tqdm
