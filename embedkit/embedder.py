@@ -308,7 +308,7 @@ class Embedder:
         fmt = instruction_format or "{}{}"
         if instruction is not None:
             EmbedderSpec(query_instruction_format=fmt).validate()
-        return self._encode(texts, lambda t: EmbedderSpec.apply_instruction(t, instruction, fmt),
+        return self._encode(texts, lambda t: self.spec.prepare(t, instruction, fmt),
                             max_length or self.spec.passage_max_length, batch_size, convert_to, show_progress)
 
     def encode_queries(
@@ -320,7 +320,7 @@ class Embedder:
         show_progress: bool | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Encode queries: the spec's query instruction and ``query_max_length`` apply."""
-        return self._encode(texts, self.spec.format_query, max_length or self.spec.query_max_length,
+        return self._encode(texts, self.spec.prepare_query, max_length or self.spec.query_max_length,
                             batch_size, convert_to, show_progress)
 
     def encode_corpus(
@@ -332,7 +332,7 @@ class Embedder:
         show_progress: bool | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Encode passages: the spec's passage instruction (if any) and ``passage_max_length`` apply."""
-        return self._encode(texts, self.spec.format_passage, max_length or self.spec.passage_max_length,
+        return self._encode(texts, self.spec.prepare_passage, max_length or self.spec.passage_max_length,
                             batch_size, convert_to, show_progress)
 
     # ------------------------------------------------------------------ core
@@ -367,11 +367,9 @@ class Embedder:
         return max_length
 
     def _prepare(self, texts: list[str], format_fn: Any, max_length: int) -> dict[str, list[list[int]]]:
-        """Instruction (``format_fn``), ``do_lower_case``, then tokenization without padding."""
-        formatted = [format_fn(t) for t in texts]
-        if self.spec.do_lower_case:
-            formatted = [t.lower() for t in formatted]
-        return self.tokenize(formatted, max_length)
+        """Text preparation (``format_fn``: one of :meth:`EmbedderSpec.prepare` / ``prepare_query`` /
+        ``prepare_passage``), then tokenization without padding."""
+        return self.tokenize([format_fn(t) for t in texts], max_length)
 
     def _padded_batches(self, features: dict[str, list[list[int]]], batch_size: int
                         ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:

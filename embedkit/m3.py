@@ -424,7 +424,7 @@ class M3Embedder(Embedder):
         fmt = instruction_format or "{}{}"
         if instruction is not None:
             EmbedderSpec(query_instruction_format=fmt).validate()
-        return self._encode_m3(texts, lambda t: EmbedderSpec.apply_instruction(t, instruction, fmt),
+        return self._encode_m3(texts, lambda t: self.spec.prepare(t, instruction, fmt),
                                max_length or self.spec.passage_max_length, batch_size, show_progress,
                                (return_dense, return_sparse, return_colbert, return_colbert_vecs))
 
@@ -436,7 +436,7 @@ class M3Embedder(Embedder):
         if not getattr(self, "_m3_ready", False):
             return super().encode_queries(texts, batch_size=batch_size, max_length=max_length,
                                           show_progress=show_progress, **kwargs)
-        return self._encode_m3(texts, self.spec.format_query, max_length or self.spec.query_max_length, batch_size,
+        return self._encode_m3(texts, self.spec.prepare_query, max_length or self.spec.query_max_length, batch_size,
                                show_progress, (return_dense, return_sparse, return_colbert, return_colbert_vecs))
 
     def encode_corpus(self, texts: str | Iterable[str], batch_size: int | None = None, max_length: int | None = None,
@@ -448,7 +448,7 @@ class M3Embedder(Embedder):
         if not getattr(self, "_m3_ready", False):
             return super().encode_corpus(texts, batch_size=batch_size, max_length=max_length,
                                          show_progress=show_progress, **kwargs)
-        return self._encode_m3(texts, self.spec.format_passage, max_length or self.spec.passage_max_length,
+        return self._encode_m3(texts, self.spec.prepare_passage, max_length or self.spec.passage_max_length,
                                batch_size, show_progress, (return_dense, return_sparse, return_colbert,
                                                            return_colbert_vecs))
 
@@ -585,8 +585,8 @@ class M3Embedder(Embedder):
         scores: dict[str, list[float]] = {k: [] for k in SCORE_KEYS}
         if not pairs:
             return scores
-        q_features = self._prepare([q for q, _ in pairs], self.spec.format_query, max_q)
-        p_features = self._prepare([p for _, p in pairs], self.spec.format_passage, max_p)
+        q_features = self._prepare([q for q, _ in pairs], self.spec.prepare_query, max_q)
+        p_features = self._prepare([p for _, p in pairs], self.spec.prepare_passage, max_p)
         padding_side = getattr(self.tokenizer, "padding_side", "right")
         w_dense, w_sparse, w_colbert = weights
         for rows in batches(np.arange(len(pairs)), batch_size):  # input order: the padding FlagEmbedding sees

@@ -102,6 +102,22 @@ class EmbedderSpec:
         """A passage as the model sees it (passage instruction applied, if any)."""
         return self.apply_instruction(text, self.passage_instruction, self.passage_instruction_format)
 
+    def prepare(self, text: str, instruction: str | None = None, instruction_format: str = "{}{}") -> str:
+        """A text exactly as the tokenizer gets it: ``instruction`` joined, then lower-cased when
+        ``do_lower_case``. Every caller (encode, bge-m3, training, the data summary) prepares text through here."""
+        out = self.apply_instruction(text, instruction, instruction_format)
+        return out.lower() if self.do_lower_case else out
+
+    def prepare_query(self, text: str, instruction: str | None = None) -> str:
+        """A query exactly as the tokenizer gets it (the query instruction, or ``instruction`` when given, e.g. a
+        training row's ``prompt``; ``do_lower_case``)."""
+        chosen = instruction if instruction is not None else self.query_instruction
+        return self.prepare(text, chosen, self.query_instruction_format)
+
+    def prepare_passage(self, text: str) -> str:
+        """A passage exactly as the tokenizer gets it (passage instruction, ``do_lower_case``)."""
+        return self.prepare(text, self.passage_instruction, self.passage_instruction_format)
+
     # ------------------------------------------------------------------ validation / io
     def validate(self, hidden_size: int | None = None, model_max_length: int | None = None) -> EmbedderSpec:
         """Raise :class:`SpecError` naming the bad field and the fix; return ``self`` when all is well.

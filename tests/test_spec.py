@@ -110,3 +110,17 @@ def test_instruction_overrides_replace_one_side_only():
     assert spec.format_passage("cats") == load_spec("minilm").format_passage("cats")
     kept = load_spec("minilm", instruction_overrides("passage", "P: "))  # format None: the spec's format stays
     assert kept.passage_instruction_format == load_spec("minilm").passage_instruction_format
+
+
+def test_text_preparation_is_one_function_with_lower_casing_and_row_prompts():
+    """Encode, bge-m3, training rows and the training-data summary all prepare text through EmbedderSpec.prepare*:
+    the instruction is joined, then do_lower_case applies (the summary used to forget lower-casing)."""
+    from embedkit.spec import EmbedderSpec
+
+    spec = EmbedderSpec(query_instruction="Q: ", passage_instruction="P: ", do_lower_case=True)
+    assert spec.prepare_query("Hello World") == "q: hello world"
+    assert spec.prepare_query("Hello World", "Row prompt: ") == "row prompt: hello world"
+    assert spec.prepare_passage("A Passage") == "p: a passage"
+    assert spec.prepare("Text", "I ", "{}-{}") == "i -text"
+    cased = EmbedderSpec(query_instruction="Q: ")
+    assert cased.prepare_query("Hello") == "Q: Hello"

@@ -82,11 +82,8 @@ class GroupDataset(torch.utils.data.Dataset):
             self._warned_random = True
             logger.warning("some rows have no negatives (e.g. %s): drawing random passages from other rows",
                            ex.source)
-        instruction = ex.prompt if ex.prompt is not None else self.spec.query_instruction
-        query = EmbedderSpec.apply_instruction(ex.query, instruction, self.spec.query_instruction_format)
-        passages = [self.spec.format_passage(p) for p in passages]
-        if self.spec.do_lower_case:
-            query, passages = query.lower(), [p.lower() for p in passages]
+        query = self.spec.prepare_query(ex.query, ex.prompt)
+        passages = [self.spec.prepare_passage(p) for p in passages]
         return {"query": query, "passages": passages, "scores": scores}
 
 
@@ -131,9 +128,9 @@ def summarize_data(data: LoadResult, tokenizer: Any, spec: EmbedderSpec, sample:
     rng = random.Random(0)
     rows = data.examples
     picked = rows if len(rows) <= sample else rng.sample(rows, sample)
-    q_lens = [len(ids) for ids in tokenizer([spec.format_query(r.query) for r in picked],
+    q_lens = [len(ids) for ids in tokenizer([spec.prepare_query(r.query, r.prompt) for r in picked],
                                             add_special_tokens=True)["input_ids"]]
-    passages = [spec.format_passage(p) for r in picked for p in (r.pos + r.neg)[:4]]
+    passages = [spec.prepare_passage(p) for r in picked for p in (r.pos + r.neg)[:4]]
     p_lens = [len(ids) for ids in tokenizer(passages, add_special_tokens=True)["input_ids"]] if passages else [0]
     negs = [len(r.neg) for r in rows]
 
