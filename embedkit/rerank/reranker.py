@@ -294,7 +294,8 @@ class Reranker:
         items, single = _check_pairs(pairs)
         act = _activation(activation_fn, self.spec.activation)
         logits = torch.from_numpy(self._logits(items, batch_size or self.batch_size, show_progress))
-        out = np.asarray(act(logits).float().numpy(), dtype=np.float32)
+        # (n, 1) as CrossEncoder hands it to the activation, then squeezed
+        out = np.asarray(act(logits[:, None]).float().reshape(-1).numpy(), dtype=np.float32)
         return out[0] if single else out
 
     def rank(self, query: str, documents: Iterable[str], top_k: int | None = None, return_documents: bool = False,
