@@ -19,10 +19,11 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .embedder import Embedder
     from .m3 import M3Embedder
+    from .rerank import Reranker
 
 
 def __getattr__(name: str) -> Any:
-    # Embedder / M3Embedder pull in torch + transformers; import on first use so `embedkit --help` stays fast.
+    # Embedder / M3Embedder / Reranker pull in torch + transformers: import on first use (`embedkit --help` stays fast)
     if name == "Embedder":
         from .embedder import Embedder
 
@@ -31,6 +32,10 @@ def __getattr__(name: str) -> Any:
         from .m3 import M3Embedder
 
         return M3Embedder
+    if name == "Reranker":
+        from .rerank.reranker import Reranker
+
+        return Reranker
     raise AttributeError(f"module 'embedkit' has no attribute {name!r}")
 
 
@@ -41,5 +46,5 @@ def load(model: str, **kwargs: Any) -> Embedder:
     return Embedder(model, **kwargs)
 
 
-__all__ = ["Embedder", "M3Embedder", "EmbedderSpec", "load", "EmbedkitError", "SpecError", "CheckpointError",
-           "DataError"]
+__all__ = ["Embedder", "M3Embedder", "Reranker", "EmbedderSpec", "load", "EmbedkitError", "SpecError",
+           "CheckpointError", "DataError"]

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"folder"},
     {"spec", "pooling", "batching", "verify", "search"},
     {"backends", "precision"},
-    {"embedder", "m3", "__init__"},
+    {"embedder", "m3", "rerank", "__init__"},
     {"checkpoint", "export", "eval", "parity", "recipe"},
     {"train"},
     {"cli", "demo", "__main__"},

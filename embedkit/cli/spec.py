@@ -16,13 +16,19 @@ def spec_command(
 ) -> None:
     """Print MODEL's resolved spec (pooling, normalization, instructions, lengths...) and who decided each field.
 
+    For a reranker (a *ForSequenceClassification folder): its pair truncation (flagembedding | longest_first),
+    lengths, query instruction and activation.
+
     Example: embedkit spec minilm --json
     """
     from ..precision import describe_precision
+    from ..rerank.spec import describe_reranker, is_reranker_folder, load_reranker_spec
     from ..spec import describe, load_spec
 
-    spec = load_spec(model, warn=not as_json)
-    rows = describe(spec) + [describe_precision(precision)]
+    if is_reranker_folder(model):  # a cross-encoder: its reranking recipe (truncation, lengths, activation)
+        rows = describe_reranker(load_reranker_spec(model, warn=not as_json)) + [describe_precision(precision)]
+    else:
+        rows = describe(load_spec(model, warn=not as_json)) + [describe_precision(precision)]
     if as_json:
         typer.echo(json.dumps({name: {"value": value, "rule": rule} for name, value, rule in rows},
                               indent=2, ensure_ascii=False))
