@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
+import threading
+import time
+from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -84,11 +88,50 @@ def read_json_file(path: str | Path, *, expect: type | None = None) -> Any:
                               hint="fix the file, or copy it again from the model's source") from None
     except RecursionError:
         raise CheckpointError(f"{path}: JSON nested too deeply", hint="the file is damaged: copy it again") from None
+    return _expected(path, value, expect)
+
+
+def _expected(path: Path, value: Any, expect: type | None) -> Any:
     if expect is not None and not isinstance(value, expect):
         want = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
         raise CheckpointError(f"{path}: expected {want}, found {type(value).__name__}",
                               hint="fix the file, or copy it again from the model's source")
     return value
+
+
+_JSON_CACHE: OrderedDict[Path, tuple[tuple[int, ...], Any]] = OrderedDict()
+_JSON_CACHE_LOCK = threading.Lock()
+_JSON_CACHE_SIZE = 64
+_RACY_NS = 2_000_000_000
+"""A file modified less than this before it was read is not cached: a rewrite within the same clock tick and of the
+same size would keep its (size, mtime) and go unnoticed (git's "racy" files)."""
+
+
+def read_json_cached(path: str | Path, *, expect: type | None = None) -> Any:
+    """:func:`read_json_file`, parsed once per version of the file (its resolved path, device, inode, size, mtime and
+    ctime): ``config.json`` and ``tokenizer_config.json`` are read by the folder check, the spec, the token limit
+    and the loader of one ``Embedder(path)``; this reads them once. Returns a fresh copy (callers may modify it);
+    errors are never cached, so each call raises the same precise error."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = path.resolve()
+    except (OSError, RuntimeError):
+        return read_json_file(path, expect=expect)  # the precise error
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _JSON_CACHE_LOCK:
+        hit = _JSON_CACHE.get(key)
+        if hit is not None and hit[0] == version:
+            _JSON_CACHE.move_to_end(key)
+            return _expected(path, copy.deepcopy(hit[1]), expect)
+    read_at = time.time_ns()
+    value = read_json_file(path)
+    if read_at - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        with _JSON_CACHE_LOCK:
+            _JSON_CACHE[key] = (version, copy.deepcopy(value))
+            while len(_JSON_CACHE) > _JSON_CACHE_SIZE:
+                _JSON_CACHE.popitem(last=False)
+    return _expected(path, value, expect)
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -104,7 +147,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         384
     """
     path = Path(folder) / "config.json"
-    config = read_json_file(path, expect=dict)
+    config = read_json_cached(path, expect=dict)
 
     def bad(key: str, want: str) -> CheckpointError:
         return CheckpointError(f"{path}: {key!r} must be {want}, found {config[key]!r}",
