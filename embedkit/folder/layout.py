@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -99,39 +100,55 @@ def _expected(path: Path, value: Any, expect: type | None) -> Any:
     return value
 
 
-_JSON_CACHE: OrderedDict[Path, tuple[tuple[int, ...], Any]] = OrderedDict()
+_JSON_CACHE: OrderedDict[tuple[str, Path], tuple[tuple[int, ...], Any]] = OrderedDict()
 _JSON_CACHE_LOCK = threading.Lock()
 _JSON_CACHE_SIZE = 64
 _RACY_NS = 2_000_000_000
-"""A file modified less than this before it was read is not cached: a rewrite within the same clock tick and of the
-same size would keep its (size, mtime) and go unnoticed (git's "racy" files)."""
+"""A file changed less than this (ns) before it is read is not cached: a rewrite of the same size within the same
+clock tick would keep its version and go unnoticed (git's "racy" files)."""
 
 
-def read_json_cached(path: str | Path, *, expect: type | None = None) -> Any:
-    """:func:`read_json_file`, parsed once per version of the file (its resolved path, device, inode, size, mtime and
-    ctime): ``config.json`` and ``tokenizer_config.json`` are read by the folder check, the spec, the token limit
-    and the loader of one ``Embedder(path)``; this reads them once. Returns a fresh copy (callers may modify it);
-    errors are never cached, so each call raises the same precise error."""
+def file_version(path: str | Path) -> tuple[Path, tuple[int, ...]] | None:
+    """``(resolved path, (device, inode, size, mtime, ctime))`` of a file, to cache what is parsed from it; ``None``
+    when it cannot be cached: missing, unreadable, or changed so recently that a same-size rewrite within the same
+    clock tick would keep the same version."""
     path = Path(path)
     try:
         st = path.stat()
         key = path.resolve()
     except (OSError, RuntimeError):
-        return read_json_file(path, expect=expect)  # the precise error
-    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _JSON_CACHE_LOCK:
-        hit = _JSON_CACHE.get(key)
-        if hit is not None and hit[0] == version:
-            _JSON_CACHE.move_to_end(key)
-            return _expected(path, copy.deepcopy(hit[1]), expect)
-    read_at = time.time_ns()
-    value = read_json_file(path)
-    if read_at - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        return None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= _RACY_NS:
+        return None
+    return key, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def cached_parse(cache: OrderedDict[tuple[str, Path], tuple[tuple[int, ...], Any]], path: str | Path,
+                 parse: Callable[[], Any], tag: str = "") -> Any:
+    """``parse()`` of the file at ``path``, remembered in ``cache`` per ``tag`` and :func:`file_version` (the most
+    recent :data:`_JSON_CACHE_SIZE`); a fresh deep copy each call (callers may modify it). Errors are not cached."""
+    version = file_version(path)
+    key = (tag, version[0]) if version is not None else None
+    if version is not None:
         with _JSON_CACHE_LOCK:
-            _JSON_CACHE[key] = (version, copy.deepcopy(value))
-            while len(_JSON_CACHE) > _JSON_CACHE_SIZE:
-                _JSON_CACHE.popitem(last=False)
-    return _expected(path, value, expect)
+            hit = cache.get(key)
+            if hit is not None and hit[0] == version[1]:
+                cache.move_to_end(key)
+                return copy.deepcopy(hit[1])
+    value = parse()
+    if version is not None:
+        with _JSON_CACHE_LOCK:
+            cache[key] = (version[1], copy.deepcopy(value))
+            while len(cache) > _JSON_CACHE_SIZE:
+                cache.popitem(last=False)
+    return value
+
+
+def read_json_cached(path: str | Path, *, expect: type | None = None) -> Any:
+    """:func:`read_json_file`, parsed once per version of the file (:func:`file_version`): ``config.json`` and
+    ``tokenizer_config.json`` are wanted by the folder check, the spec, the token limit and the loader of one
+    ``Embedder(path)``; this reads them once. Returns a fresh copy; each call raises the same precise errors."""
+    return _expected(Path(path), cached_parse(_JSON_CACHE, path, lambda: read_json_file(path)), expect)
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -214,12 +231,12 @@ def check_st_modules(folder: str | Path) -> None:
     path = folder / "modules.json"
     if not path.is_file():
         return
-    for i, mod in enumerate(read_json_file(path, expect=list)):
+    for i, mod in enumerate(read_json_cached(path, expect=list)):
         if not isinstance(mod, dict):
             raise CheckpointError(f"{path}: entry {i} is not a JSON object", hint="fix or delete the file")
         sub = inside_folder(folder, mod.get("path") or "", path, f"entry {i} path")
         if sub != folder and (sub / "config.json").is_file():
-            read_json_file(sub / "config.json", expect=dict)
+            read_json_cached(sub / "config.json", expect=dict)
 
 
 def check_model_folder(path: str | Path) -> Path:

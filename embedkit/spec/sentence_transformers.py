@@ -27,7 +27,7 @@ from typing import Any
 
 from .._io import atomic_write
 from ..errors import CheckpointError, SpecError
-from ..folder.layout import read_json_cached, read_json_file
+from ..folder.layout import read_json_cached
 from .model import POOLING_MODES, EmbedderSpec, _shown
 
 ST_EXTRA_KEY = "embedkit"
@@ -107,7 +107,7 @@ def read_modules(model_dir: Path) -> Found:
     modules_path = model_dir / "modules.json"
     if not modules_path.is_file():
         return found
-    modules = read_json_file(modules_path)
+    modules = read_json_cached(modules_path)
     if not isinstance(modules, list):
         raise CheckpointError(f"{modules_path}: expected a JSON list of modules", hint="fix or delete the file")
     kinds = []
