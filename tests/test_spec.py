@@ -124,3 +124,87 @@ def test_text_preparation_is_one_function_with_lower_casing_and_row_prompts():
     assert spec.prepare("Text", "I ", "{}-{}") == "i -text"
     cased = EmbedderSpec(query_instruction="Q: ")
     assert cased.prepare_query("Hello") == "Q: Hello"
+
+
+# ---------------------------------------------------------------------- sentence-transformers reader / writer pairs
+def test_each_sentence_transformers_writer_is_read_back_by_its_reader(tmp_path):
+    """Each ST file has a reader and a writer (as ST's modules own their configs): what one writes, the other reads."""
+    from embedkit.spec import sentence_transformers as st
+
+    spec = EmbedderSpec(pooling="mean", normalize=False, query_instruction="q: ", passage_instruction="p: ",
+                        query_max_length=64, passage_max_length=64, truncate_dim=16, do_lower_case=True)
+    warnings = st.write_sentence_transformers_files(tmp_path, spec, hidden_size=32)
+    assert any("truncate_dim=16" in w for w in warnings)
+    assert st.read_modules(tmp_path) == {"pooling": ("mean", "sentence-transformers (1_Pooling/config.json)"),
+                                         "normalize": (False, "sentence-transformers (modules.json)")}
+    assert not (tmp_path / "2_Normalize").exists()
+    sbert = st.read_transformer_config(tmp_path)
+    assert {k: v for k, (v, _) in sbert.items()} == {"query_max_length": 64, "passage_max_length": 64,
+                                                     "do_lower_case": True}
+    saved = st.read_model_config(tmp_path)
+    assert {k: v for k, (v, _) in saved.items()} == spec.to_dict()  # the embedkit section holds every field
+    assert json.loads((tmp_path / "config_sentence_transformers.json").read_text())["prompts"] == {
+        "query": "q: ", "document": "p: "}
+    everything = st.read_sentence_transformers_spec(tmp_path)
+    assert {k: v for k, (v, _) in everything.items()} == spec.to_dict()
+
+
+# ---------------------------------------------------------------------- config.json read once
+def test_embedder_parses_config_json_once(tiny_bert, tmp_path, monkeypatch):
+    """``Embedder(path)`` wants config.json in the folder check (twice), the spec, the token limit (twice) and the
+    tokenizer and model loaders: embedkit parses it once and transformers once (one AutoConfig for tokenizer and
+    model). It was read six times. tokenizer_config.json: embedkit reads it once (transformers reads its own)."""
+    import builtins
+    import shutil
+    from collections import Counter
+    from pathlib import Path
+
+    from embedkit import Embedder
+    from embedkit.folder import layout
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_bert, folder)
+    # a folder written less than 2 s ago is never cached (a same-size rewrite in the same clock tick would go
+    # unnoticed): let this fresh copy count as settled, as any folder is a moment after it was written
+    monkeypatch.setattr(layout, "_RACY_NS", -1)
+    ours, theirs = Counter(), Counter()
+    read_bytes, real_open = Path.read_bytes, builtins.open
+
+    def counting_read_bytes(self):
+        ours[self.name] += self.parent == folder
+        return read_bytes(self)
+
+    def counting_open(file, *args, **kwargs):
+        theirs[Path(file).name] += Path(file).parent == folder
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_bytes", counting_read_bytes)
+    monkeypatch.setattr(builtins, "open", counting_open)
+    Embedder(folder, pooling="cls", show_progress=False)
+    assert ours["config.json"] == 1 and ours["tokenizer_config.json"] == 1
+    assert theirs["config.json"] == 1  # transformers' AutoConfig, shared by AutoTokenizer and AutoModel
+
+
+def test_cached_json_sees_every_change(tmp_path, monkeypatch):
+    from embedkit.errors import CheckpointError
+    from embedkit.folder import layout
+
+    path = tmp_path / "config.json"
+    path.write_text('{"hidden_size": 32}')
+    assert layout.read_json_cached(path) == {"hidden_size": 32}
+    path.write_text('{"hidden_size": 64}')  # same size, same clock tick: a "racy" file is never trusted
+    assert layout.read_json_cached(path) == {"hidden_size": 64}
+
+    monkeypatch.setattr(layout, "_RACY_NS", -1)  # every file counts as settled
+    first = layout.read_json_cached(path)
+    first["hidden_size"] = 1  # callers get a copy
+    assert layout.read_json_cached(path) == {"hidden_size": 64}
+    path.write_text('{"hidden_size": 128}')
+    assert layout.read_json_cached(path) == {"hidden_size": 128}
+    path.write_text("[1]")
+    with pytest.raises(CheckpointError, match="expected a JSON object"):
+        layout.read_config(tmp_path)
+    path.write_text("{")
+    for _ in range(2):  # errors are not cached
+        with pytest.raises(CheckpointError, match="invalid JSON"):
+            layout.read_json_cached(path)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -84,11 +89,66 @@ def read_json_file(path: str | Path, *, expect: type | None = None) -> Any:
                               hint="fix the file, or copy it again from the model's source") from None
     except RecursionError:
         raise CheckpointError(f"{path}: JSON nested too deeply", hint="the file is damaged: copy it again") from None
+    return _expected(path, value, expect)
+
+
+def _expected(path: Path, value: Any, expect: type | None) -> Any:
     if expect is not None and not isinstance(value, expect):
         want = {dict: "a JSON object", list: "a JSON list"}.get(expect, expect.__name__)
         raise CheckpointError(f"{path}: expected {want}, found {type(value).__name__}",
                               hint="fix the file, or copy it again from the model's source")
     return value
+
+
+_JSON_CACHE: OrderedDict[tuple[str, Path], tuple[tuple[int, ...], Any]] = OrderedDict()
+_JSON_CACHE_LOCK = threading.Lock()
+_JSON_CACHE_SIZE = 64
+_RACY_NS = 2_000_000_000
+"""A file changed less than this (ns) before it is read is not cached: a rewrite of the same size within the same
+clock tick would keep its version and go unnoticed (git's "racy" files)."""
+
+
+def file_version(path: str | Path) -> tuple[Path, tuple[int, ...]] | None:
+    """``(resolved path, (device, inode, size, mtime, ctime))`` of a file, to cache what is parsed from it; ``None``
+    when it cannot be cached: missing, unreadable, or changed so recently that a same-size rewrite within the same
+    clock tick would keep the same version."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = path.resolve()
+    except (OSError, RuntimeError):
+        return None
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= _RACY_NS:
+        return None
+    return key, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def cached_parse(cache: OrderedDict[tuple[str, Path], tuple[tuple[int, ...], Any]], path: str | Path,
+                 parse: Callable[[], Any], tag: str = "") -> Any:
+    """``parse()`` of the file at ``path``, remembered in ``cache`` per ``tag`` and :func:`file_version` (the most
+    recent :data:`_JSON_CACHE_SIZE`); a fresh deep copy each call (callers may modify it). Errors are not cached."""
+    version = file_version(path)
+    key = (tag, version[0]) if version is not None else None
+    if version is not None:
+        with _JSON_CACHE_LOCK:
+            hit = cache.get(key)
+            if hit is not None and hit[0] == version[1]:
+                cache.move_to_end(key)
+                return copy.deepcopy(hit[1])
+    value = parse()
+    if version is not None:
+        with _JSON_CACHE_LOCK:
+            cache[key] = (version[1], copy.deepcopy(value))
+            while len(cache) > _JSON_CACHE_SIZE:
+                cache.popitem(last=False)
+    return value
+
+
+def read_json_cached(path: str | Path, *, expect: type | None = None) -> Any:
+    """:func:`read_json_file`, parsed once per version of the file (:func:`file_version`): ``config.json`` and
+    ``tokenizer_config.json`` are wanted by the folder check, the spec, the token limit and the loader of one
+    ``Embedder(path)``; this reads them once. Returns a fresh copy; each call raises the same precise errors."""
+    return _expected(Path(path), cached_parse(_JSON_CACHE, path, lambda: read_json_file(path)), expect)
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -104,7 +164,7 @@ def read_config(folder: str | Path) -> dict[str, Any]:
         384
     """
     path = Path(folder) / "config.json"
-    config = read_json_file(path, expect=dict)
+    config = read_json_cached(path, expect=dict)
 
     def bad(key: str, want: str) -> CheckpointError:
         return CheckpointError(f"{path}: {key!r} must be {want}, found {config[key]!r}",
@@ -171,12 +231,12 @@ def check_st_modules(folder: str | Path) -> None:
     path = folder / "modules.json"
     if not path.is_file():
         return
-    for i, mod in enumerate(read_json_file(path, expect=list)):
+    for i, mod in enumerate(read_json_cached(path, expect=list)):
         if not isinstance(mod, dict):
             raise CheckpointError(f"{path}: entry {i} is not a JSON object", hint="fix or delete the file")
         sub = inside_folder(folder, mod.get("path") or "", path, f"entry {i} path")
         if sub != folder and (sub / "config.json").is_file():
-            read_json_file(sub / "config.json", expect=dict)
+            read_json_cached(sub / "config.json", expect=dict)
 
 
 def check_model_folder(path: str | Path) -> Path:

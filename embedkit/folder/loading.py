@@ -7,12 +7,13 @@ import logging
 import os
 import pickle
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointError
-from .layout import find_tokenizer_files, find_weight_files, read_config, weight_index_shards
+from .layout import cached_parse, find_tokenizer_files, find_weight_files, read_config, weight_index_shards
 from .safe_load import check_finite, load_state_dict, pickle_refusal_reason, read_safetensors_header
 
 logger = logging.getLogger("embedkit")
@@ -89,6 +90,26 @@ def check_loaded_weights(model: Any, folder: Path, found: dict[str, tuple[Path, 
         check_finite(source, {name: t})
 
 
+_HF_CONFIGS: OrderedDict[tuple[str, Path], tuple[tuple[int, ...], Any]] = OrderedDict()
+
+
+def hf_config(folder: str | Path) -> Any:
+    """transformers' ``AutoConfig`` of ``folder`` (offline), built once per version of its ``config.json`` and
+    shared by the tokenizer and model loaders (a fresh copy each call: loading a model may modify it).
+    :class:`CheckpointError` naming ``config.json`` when transformers cannot use it."""
+    from transformers import AutoConfig
+
+    def parse() -> Any:
+        try:
+            return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 transformers / huggingface_hub raise many types for a bad config
+            detail = " ".join((str(exc).strip() or type(exc).__name__).split())[:400]
+            raise CheckpointError(f"{Path(folder) / 'config.json'} cannot be used: {detail}",
+                                  hint="fix config.json (it must be the model's transformers config)") from None
+
+    return cached_parse(_HF_CONFIGS, Path(folder) / "config.json", parse, tag=str(folder))
+
+
 def _describe_mismatch(item: Any) -> str:
     """``name (file shape vs model shape)`` from one entry of transformers' ``mismatched_keys``."""
     if isinstance(item, (tuple, list)) and len(item) == 3:
@@ -102,7 +123,11 @@ def load_tokenizer(path: str | Path, hint: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        kwargs = {"config": hf_config(path)}  # the model loader's config object: config.json parsed once
+    except CheckpointError:
+        kwargs = {}  # AutoTokenizer falls back to a plain PretrainedConfig, as it does on its own
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
     except Exception as exc:  # tokenizers raises bare Exception for a garbage tokenizer.json
         files = ", ".join(f.name for f in find_tokenizer_files(Path(path))) or "no tokenizer files"
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -138,19 +163,14 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
     stored as integers where floats are expected or holds NaN / Inf, or a ``.bin`` needs full unpickling and
     ``trust_pickle`` is false. Every message names the file (and the tensor where there is one).
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     auto_class = auto_class or AutoModel
 
     folder = Path(path)
     read_config(folder)  # JSON object, key types: precise errors before transformers' own
     found = _check_headers(folder)
-    try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 transformers / huggingface_hub raise many types for a bad config
-        detail = " ".join((str(exc).strip() or type(exc).__name__).split())[:400]
-        raise CheckpointError(f"{folder / 'config.json'} cannot be used: {detail}",
-                              hint="fix config.json (it must be the model's transformers config)") from None
+    config = hf_config(folder)
     # mismatched shapes come back in the loading info (and are refused below, naming the tensor), not as
     # transformers' generic "look at the above report"
     kwargs: dict[str, Any] = {"local_files_only": True, "output_loading_info": True, "config": config,
