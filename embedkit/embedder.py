@@ -5,28 +5,29 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 
-from . import batching, pooling
-from .backends.onnx_backend import OnnxBackend
-from .backends.torch_backend import TorchBackend, resolve_device
+from . import batching
+from .backends import Backend, NonFiniteOutputError, check_finite, vectors
+from .backends.factory import create_backend, pad_multiple
+from .backends.torch_backend import TorchBackend
 from .batching import chars_per_token
-from .dtypes import resolve_dtype
-from .errors import CheckpointError, EmbedkitError, SpecError
+from .errors import SpecError
 from .folder.layout import check_model_folder
 from .folder.loading import load_tokenizer
 from .models import resolve_model_path
-from .precision import DEFAULT_GATE, cached_verdict, gate_key, judge, select_precision, store_verdict
+from .precision import DEFAULT_GATE, PrecisionInfo
 from .spec import EmbedderSpec, load_spec, model_token_limit
-from .verify import SAMPLE_TEXTS
 
 logger = logging.getLogger("embedkit")
 
 ConvertTo = Literal["numpy", "torch"]
+Role = Literal["text", "query", "passage"]
 
 
 def _check_texts(texts: Any) -> tuple[list[str], bool]:
@@ -42,29 +43,34 @@ def _check_texts(texts: Any) -> tuple[list[str], bool]:
     return items, False
 
 
-class NonFiniteOutputError(EmbedkitError):
-    """The model produced a NaN or infinite value for an input: nothing is returned or written for it."""
+class Outputs(Protocol):
+    """What one encode call collects: :meth:`Embedder._outputs` makes it, the encode loop feeds it each padded batch
+    (``add``) and returns its ``result`` (the one per-batch hook :class:`~embedkit.m3.M3Embedder` overrides)."""
+
+    def add(self, rows: np.ndarray, padded: dict[str, np.ndarray]) -> None:
+        """Run one padded batch (``rows``: the input positions of its texts) and keep what it gives."""
+        ...
+
+    def result(self, single: bool) -> Any:
+        """What the encode method returns (``single``: one string was passed, return its own value)."""
+        ...
 
 
-def check_finite(values: torch.Tensor | np.ndarray, rows: np.ndarray, what: str = "vector") -> None:
-    """Raise :class:`NonFiniteOutputError` naming the first input row (original order) whose output in this batch
-    holds a NaN or an infinity. ``values`` has one leading entry per row of ``rows``; one check per batch."""
-    if isinstance(values, torch.Tensor):
-        bad = ~torch.isfinite(values)
-        if not bool(bad.any()):
-            return
-        first = int(bad.reshape(bad.shape[0], -1).any(1).nonzero()[0, 0])
-    else:
-        bad = ~np.isfinite(values)
-        if not bad.any():
-            return
-        first = int(np.flatnonzero(bad.reshape(bad.shape[0], -1).any(1))[0])
-    count = int(bad.reshape(bad.shape[0], -1).any(1).sum())
-    row = int(rows[first])
-    raise NonFiniteOutputError(
-        f"the model produced a non-finite {what} (NaN or infinity) for input row {row}"
-        f"{f' and {count - 1} other row(s) of its batch' if count > 1 else ''}; nothing was written",
-        hint="check the model's weights (embedkit inspect) or use precision='fp32' (fp16 / bf16 can overflow)")
+class DenseOutputs:
+    """Final vectors in an ``(n, dim)`` float32 array, in input order (numpy or, with ``convert_to``, torch)."""
+
+    def __init__(self, backend: Backend, spec: EmbedderSpec, n: int, dim: int, convert_to: ConvertTo) -> None:
+        if convert_to not in ("numpy", "torch"):
+            raise SpecError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+        self.backend, self.spec, self.convert_to = backend, spec, convert_to
+        self.out = np.empty((n, dim), dtype=np.float32)
+
+    def add(self, rows: np.ndarray, padded: dict[str, np.ndarray]) -> None:
+        self.out[rows] = vectors(self.backend, padded, self.spec, rows)
+
+    def result(self, single: bool) -> np.ndarray | torch.Tensor:
+        result = self.out[0] if single else self.out
+        return torch.from_numpy(result) if self.convert_to == "torch" else result
 
 
 class Embedder:
@@ -148,107 +154,37 @@ class Embedder:
             raise SpecError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
         self.max_batch_tokens = max_batch_tokens
         self.pad_token_id = batching.pad_token_id(self.tokenizer)
-        self.quality: dict[str, Any] | None = None
-        self._init_backend(backend, precision, dtype, device, precision_gate, trust_pickle)
+        self.backend, self.precision_info = create_backend(
+            self.path, self.spec, tokenizer=self.tokenizer, backend=backend, precision=precision, dtype=dtype,
+            device=device, gate=precision_gate, trust_pickle=trust_pickle, batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens)
 
-    def _init_backend(self, backend: str, precision: str | None, dtype: Any, device: Any,
-                      gate: tuple[float, float] | None, trust_pickle: bool) -> None:
-        """Pick the backend and precision (:meth:`_choose_backend`), then say once, at INFO, what was picked and
-        the quality gate's verdict (``precision: bf16 (auto: ...), quality gate passed: mean cosine ..., min ...
-        (cached)``) when a precision was asked for; :attr:`precision_summary` holds the short form."""
-        self.precision_requested: str | None = precision
-        self._gate_cached = False
-        self._gate_candidate: str | None = None
-        self._choose_backend(backend, precision, dtype, device, gate, trust_pickle)
-        if self.precision_requested is not None:
-            logger.info("precision: %s (%s)%s", self.precision, self.precision_reason, self._gate_note())
+    # ------------------------------------------------------------------ precision (see create_backend)
+    @property
+    def precision(self) -> str:
+        """The precision the model runs in (``fp32`` / ``bf16`` / ``fp16`` / ``int8``)."""
+        return self.precision_info.precision
 
-    def _gate_note(self) -> str:
-        """``, quality gate passed: mean cosine 0.99991, min 0.99962 (cached)`` (empty without a gate)."""
-        q = self.quality or {}
-        if self.precision == "int8" and "mean_cosine" in q:
-            return (f", the export's int8 gate passed: mean cosine {q['mean_cosine']:.5f}, "
-                    f"min {q['min_cosine']:.5f}")
-        if "passed" not in q:
-            return ""
-        verdict = "passed" if q["passed"] else f"failed for {self._gate_candidate}"
-        return (f", quality gate {verdict}: mean cosine {q['mean_cosine']:.5f}, min {q['min_cosine']:.5f}"
-                + (" (cached)" if self._gate_cached else ""))
+    @property
+    def precision_reason(self) -> str:
+        """Why that precision (asked for, ``auto``'s rule, a failed gate...)."""
+        return self.precision_info.reason
+
+    @property
+    def precision_requested(self) -> str | None:
+        """The precision asked for (``None``: the fp32 default)."""
+        return self.precision_info.requested
+
+    @property
+    def quality(self) -> dict[str, Any] | None:
+        """The quality gate's verdict vs fp32 (or the ONNX export's int8 gate record); ``None`` when none ran."""
+        return self.precision_info.quality
 
     @property
     def precision_summary(self) -> str:
         """The precision in use, whether ``auto`` picked it, and the gate's verdict, e.g. ``"bf16 (auto, gate
         passed)"``, ``"fp32 (auto, bf16 failed the gate)"``, ``"fp32"`` (what ``embedkit encode`` prints)."""
-        q = self.quality or {}
-        notes = ["auto"] if getattr(self, "precision_requested", None) == "auto" else []
-        if self.precision == "int8" and q.get("kept"):
-            notes.append("export gate passed")
-        elif "passed" in q:
-            notes.append("gate passed" if q["passed"] else f"{getattr(self, '_gate_candidate', None)} failed the gate")
-        return f"{self.precision} ({', '.join(notes)})" if notes else self.precision
-
-    def _choose_backend(self, backend: str, precision: str | None, dtype: Any, device: Any,
-                        gate: tuple[float, float] | None, trust_pickle: bool) -> None:
-        """Pick the backend and precision; run (or reuse) the quality gate for anything but fp32."""
-        if dtype is not None:  # the older, torch-only spelling
-            named = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolve_dtype(dtype)]
-            if precision not in (None, named):
-                raise SpecError(f"dtype={dtype!r} and precision={precision!r} disagree", hint="pass only precision=")
-            precision = named
-            self.precision_requested = named
-        if backend not in ("torch", "onnx"):
-            raise SpecError(f"unknown backend {backend!r}", hint="use 'torch' or 'onnx'")
-        dev = resolve_device(device) if backend == "torch" else torch.device("cpu")
-        choice = select_precision(precision, dev.type)
-        self.precision, self.precision_reason = choice.precision, choice.reason
-        if backend == "onnx" or choice.precision == "int8":
-            onnx_precision = "int8" if choice.precision == "int8" else "fp32"
-            if backend == "onnx" and choice.precision not in ("fp32", "int8"):
-                raise SpecError(f"precision={choice.precision!r} is not available for backend='onnx'",
-                                hint="use 'fp32' or 'int8'")
-            try:
-                self.backend = OnnxBackend(self.path, precision=onnx_precision)
-            except CheckpointError as exc:
-                if backend == "onnx":
-                    raise
-                logger.warning("precision='int8' needs the ONNX int8 graph (%s); using fp32", exc.message)
-                self.precision, self.precision_reason = "fp32", f"int8 unavailable: {exc.message}"
-                self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
-                return
-            self.backend.check_spec(self.spec)
-            if onnx_precision == "int8":
-                self.quality = (self.backend.info.get("int8") or {}) | {"source": "export gate"}
-            return
-        if choice.precision == "fp32" or gate is None:
-            self.backend = TorchBackend(self.path, device=dev, dtype=choice.precision, trust_pickle=trust_pickle)
-            return
-        key = gate_key(self.path, self.spec.to_dict(), choice.precision, str(dev))
-        verdict = cached_verdict(key)
-        self._gate_cached, self._gate_candidate = verdict is not None, choice.precision
-        if verdict is None:  # first use on this machine: measure against fp32 once
-            self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
-            reference = self.encode(list(SAMPLE_TEXTS), show_progress=False)
-            self.backend.model.to(resolve_dtype(choice.precision))
-            self.backend.dtype = resolve_dtype(choice.precision)
-            try:
-                verdict = judge(reference, self.encode(list(SAMPLE_TEXTS), show_progress=False), gate)
-            except NonFiniteOutputError:  # e.g. fp16 overflow: the precision fails its gate
-                verdict = {"passed": False, "mean_cosine": 0.0, "min_cosine": 0.0, "gate": list(gate),
-                           "texts": len(SAMPLE_TEXTS), "non_finite": True}
-            store_verdict(key, verdict)
-            if not verdict["passed"]:
-                self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
-        elif verdict["passed"]:
-            self.backend = TorchBackend(self.path, device=dev, dtype=choice.precision, trust_pickle=trust_pickle)
-        else:
-            self.backend = TorchBackend(self.path, device=dev, trust_pickle=trust_pickle)
-        self.quality = verdict
-        if not verdict["passed"]:
-            logger.warning("%s failed the quality gate for %s (mean cosine %.5f, min %.5f vs fp32; needs %s / %s): "
-                           "using fp32", choice.precision, self.path.name, verdict["mean_cosine"],
-                           verdict["min_cosine"], *gate)
-            self.precision = "fp32"
-            self.precision_reason = f"{choice.precision} failed the quality gate: {self.precision_reason}"
+        return self.precision_info.summary
 
     @classmethod
     def from_model(cls, model: Any, tokenizer: Any, spec: EmbedderSpec, *, batch_size: int = 256,
@@ -260,7 +196,7 @@ class Embedder:
         self = cls.__new__(cls)
         self.path = None
         self.spec = spec
-        self.precision, self.precision_reason, self.quality = "fp32", "from_model", None
+        self.precision_info = PrecisionInfo("fp32", "from_model")
         self.max_batch_tokens = None
         self.tokenizer = tokenizer
         self.backend = TorchBackend.from_model(model)
@@ -273,9 +209,8 @@ class Embedder:
 
     @property
     def _pad_multiple(self) -> int:
-        """Round padded widths up to 16 for bf16 / fp16 (AMX tiles; fewer kernel shapes); exact fp32 pads to the
-        longest text, as the peers do."""
-        return 16 if self.precision in ("bf16", "fp16") else 1
+        """Round padded widths up to 16 for bf16 / fp16 (:func:`embedkit.backends.factory.pad_multiple`)."""
+        return pad_multiple(self.precision)
 
     @property
     def dim(self) -> int:
@@ -305,35 +240,18 @@ class Embedder:
 
         Returns float32 ``(dim,)`` for a single string, ``(n, dim)`` for a list (``(0, dim)`` for ``[]``).
         """
-        fmt = instruction_format or "{}{}"
-        if instruction is not None:
-            EmbedderSpec(query_instruction_format=fmt).validate()
-        return self._encode(texts, lambda t: self.spec.prepare(t, instruction, fmt),
-                            max_length or self.spec.passage_max_length, batch_size, convert_to, show_progress)
+        return self._encode_as("text", texts, batch_size, max_length, show_progress, convert_to,
+                               instruction=instruction, instruction_format=instruction_format)
 
-    def encode_queries(
-        self,
-        texts: str | Iterable[str],
-        batch_size: int | None = None,
-        max_length: int | None = None,
-        convert_to: ConvertTo = "numpy",
-        show_progress: bool | None = None,
-    ) -> np.ndarray | torch.Tensor:
+    def encode_queries(self, texts: str | Iterable[str], batch_size: int | None = None, max_length: int | None = None,
+                       convert_to: ConvertTo = "numpy", show_progress: bool | None = None) -> np.ndarray | torch.Tensor:
         """Encode queries: the spec's query instruction and ``query_max_length`` apply."""
-        return self._encode(texts, self.spec.prepare_query, max_length or self.spec.query_max_length,
-                            batch_size, convert_to, show_progress)
+        return self._encode_as("query", texts, batch_size, max_length, show_progress, convert_to)
 
-    def encode_corpus(
-        self,
-        texts: str | Iterable[str],
-        batch_size: int | None = None,
-        max_length: int | None = None,
-        convert_to: ConvertTo = "numpy",
-        show_progress: bool | None = None,
-    ) -> np.ndarray | torch.Tensor:
+    def encode_corpus(self, texts: str | Iterable[str], batch_size: int | None = None, max_length: int | None = None,
+                      convert_to: ConvertTo = "numpy", show_progress: bool | None = None) -> np.ndarray | torch.Tensor:
         """Encode passages: the spec's passage instruction (if any) and ``passage_max_length`` apply."""
-        return self._encode(texts, self.spec.prepare_passage, max_length or self.spec.passage_max_length,
-                            batch_size, convert_to, show_progress)
+        return self._encode_as("passage", texts, batch_size, max_length, show_progress, convert_to)
 
     # ------------------------------------------------------------------ core
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, list[list[int]]]:
@@ -346,17 +264,42 @@ class Embedder:
             budget = self._char_budget = chars_per_token(self.tokenizer)
         return batching.tokenize(self.tokenizer, texts, max_length, budget=budget)
 
-    def _encode(self, texts, format_fn, max_length, batch_size, convert_to, show_progress):
+    def _encode_as(self, role: Role, texts: Any, batch_size: int | None, max_length: int | None,
+                   show_progress: bool | None, options: Any, *, instruction: str | None = None,
+                   instruction_format: str | None = None) -> Any:
+        """The three public encode methods in one: ``role`` picks the text preparation and the default max length
+        (``"text"``: ``instruction`` as given and the passage max length); ``options`` go to :meth:`_outputs`."""
+        if role == "text":
+            fmt = instruction_format or "{}{}"
+            if instruction is not None:
+                EmbedderSpec(query_instruction_format=fmt).validate()
+            prepare: Any = partial(self.spec.prepare, instruction=instruction, instruction_format=fmt)
+            default = self.spec.passage_max_length
+        elif role == "query":
+            prepare, default = self.spec.prepare_query, self.spec.query_max_length
+        else:
+            prepare, default = self.spec.prepare_passage, self.spec.passage_max_length
+        return self._encode(texts, prepare, max_length or default, batch_size, show_progress, options)
+
+    def _encode(self, texts: Any, format_fn: Any, max_length: Any, batch_size: int | None,
+                show_progress: bool | None, options: Any) -> Any:
+        """Check, prepare and tokenize ``texts``, then feed every padded batch to :meth:`_outputs`' collector."""
         items, single = _check_texts(texts)
-        if convert_to not in ("numpy", "torch"):
-            raise SpecError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+        outputs = self._outputs(len(items), options)
         max_length = self._check_max_length(max_length)
         batch_size = batch_size or self.batch_size
-        out = np.empty((len(items), self.dim), dtype=np.float32)
         if items:
-            self._encode_into(out, self._prepare(items, format_fn, max_length), batch_size, show_progress)
-        result: np.ndarray | torch.Tensor = out[0] if single else out
-        return torch.from_numpy(result) if convert_to == "torch" else result
+            features = self._prepare(items, format_fn, max_length)
+            with self._progress(len(items), batch_size, show_progress) as bar:
+                for rows, padded in self._padded_batches(features, batch_size):
+                    outputs.add(rows, padded)
+                    bar.update(len(rows))
+        return outputs.result(single)
+
+    def _outputs(self, n: int, options: Any) -> Outputs:
+        """The per-batch hook: what collects the outputs of ``n`` texts (``options``: ``convert_to`` here; the
+        return flags in :class:`~embedkit.m3.M3Embedder`)."""
+        return DenseOutputs(self.backend, self.spec, n, self.dim, options)
 
     def _check_max_length(self, max_length: Any, name: str = "max_length") -> int:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
@@ -387,19 +330,5 @@ class Embedder:
             show = sys.stderr.isatty() and total > batch_size
         return tqdm(total=total, desc="Encoding", unit="text", disable=not show, leave=False)
 
-    def _encode_into(self, out: np.ndarray, features: dict[str, list[list[int]]], batch_size: int,
-                     show_progress: bool | None) -> None:
-        spec = self.spec
-        pooled = getattr(self.backend, "pooled", False)
-        with self._progress(len(out), batch_size, show_progress) as bar:
-            for rows, padded in self._padded_batches(features, batch_size):
-                if pooled:  # the graph ends in embedkit.pooling.embed, traced with this spec
-                    vecs = np.asarray(self.backend.forward(padded))
-                    check_finite(vecs, rows, "vector")
-                    out[rows] = vecs
-                else:
-                    hidden, mask = self.backend.forward(padded)
-                    vecs = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim)
-                    check_finite(vecs, rows, "vector")
-                    out[rows] = vecs.float().cpu().numpy()
-                bar.update(len(rows))
+
+__all__ = ["Embedder", "NonFiniteOutputError", "check_finite", "DenseOutputs", "Outputs", "ConvertTo"]

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,58 @@ def select_precision(requested: str | None, device_type: str = "cpu", flags: set
     return PrecisionChoice("fp32", "auto: no bf16 units on this CPU (bf16 would be slower than fp32)")
 
 
+@dataclass
+class PrecisionInfo:
+    """The precision a backend runs in, as :func:`embedkit.backends.factory.create_backend` settled it.
+
+    Attributes:
+        precision / reason: what runs and why (``Embedder.precision`` / ``Embedder.precision_reason``).
+        requested: what was asked for (``None``: the fp32 default).
+        quality: the quality gate's verdict (``{"passed", "mean_cosine", "min_cosine", ...}``), the ONNX export's
+            int8 gate record for ``int8``, or ``None`` when nothing was measured.
+        cached: the verdict came from the on-disk cache.
+        candidate: the precision the gate measured (``bf16`` / ``fp16``), also when it failed and fp32 runs.
+    """
+
+    precision: str
+    reason: str
+    requested: str | None = None
+    quality: dict[str, Any] | None = field(default=None)
+    cached: bool = False
+    candidate: str | None = None
+
+    def gate_note(self) -> str:
+        """``, quality gate passed: mean cosine 0.99991, min 0.99962 (cached)`` (empty without a gate)."""
+        q = self.quality or {}
+        if self.precision == "int8" and "mean_cosine" in q:
+            return (f", the export's int8 gate passed: mean cosine {q['mean_cosine']:.5f}, "
+                    f"min {q['min_cosine']:.5f}")
+        if "passed" not in q:
+            return ""
+        verdict = "passed" if q["passed"] else f"failed for {self.candidate}"
+        return (f", quality gate {verdict}: mean cosine {q['mean_cosine']:.5f}, min {q['min_cosine']:.5f}"
+                + (" (cached)" if self.cached else ""))
+
+    @property
+    def summary(self) -> str:
+        """E.g. ``"bf16 (auto, gate passed)"``, ``"fp32 (auto, bf16 failed the gate)"``, ``"fp32"``."""
+        q = self.quality or {}
+        notes = ["auto"] if self.requested == "auto" else []
+        if self.precision == "int8" and q.get("kept"):
+            notes.append("export gate passed")
+        elif "passed" in q:
+            notes.append("gate passed" if q["passed"] else f"{self.candidate} failed the gate")
+        return f"{self.precision} ({', '.join(notes)})" if notes else self.precision
+
+    def log(self) -> None:
+        """Say once, at INFO, what was picked and the gate's verdict, when a precision was asked for."""
+        if self.requested is not None:
+            logger.info("precision: %s (%s)%s", self.precision, self.reason, self.gate_note())
+
+
 # ---------------------------------------------------------------------- the gate
 def cache_path() -> Path:
+    """Where verdicts are cached: ``$EMBEDKIT_CACHE/precision-gate.json`` (default ``~/.cache/embedkit``)."""
     base = os.environ.get("EMBEDKIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "embedkit")
     return Path(base) / "precision-gate.json"
 
@@ -86,9 +136,6 @@ def gate_key(model_dir: Path | None, spec: dict[str, Any], precision: str, devic
     """(model, spec, precision, machine) -> a cache key; ``None`` for an in-memory model (never cached)."""
     if model_dir is None:
         return None
-    import torch
-
-
     machine = {"cpu": platform.processor() or platform.machine(), "flags": sorted(cpu_flags() & {
         "amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "f16c"}), "torch": torch.__version__,
         "device": device}
@@ -98,6 +145,7 @@ def gate_key(model_dir: Path | None, spec: dict[str, Any], precision: str, devic
 
 
 def cached_verdict(key: str | None) -> dict[str, Any] | None:
+    """The verdict stored under ``key`` (``None``: none yet, or no key)."""
     if key is None:
         return None
     try:
@@ -107,9 +155,9 @@ def cached_verdict(key: str | None) -> dict[str, Any] | None:
 
 
 def store_verdict(key: str | None, verdict: dict[str, Any]) -> None:
+    """Store ``verdict`` under ``key`` (atomically; a cache that cannot be written is only logged)."""
     if key is None:
         return
-
     path = cache_path()
     try:
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -181,3 +181,59 @@ def test_library_loading_shows_no_transformers_bar_unless_verbose():
     loud = subprocess.run([sys.executable, "-c", code], env=dict(env, EMBEDKIT_VERBOSE="1"), capture_output=True,
                           text=True, timeout=300)
     assert loud.returncode == 0 and "Loading weights" in loud.stderr
+
+
+# ---------------------------------------------------------------------- the backend protocol (issue 12)
+def test_every_backend_declares_the_protocol(tiny_bert, tmp_path):
+    """Each backend class declares its ``output`` kind; instances carry hidden_size / input_names / device / dtype
+    and ``forward`` returns what ``output`` says: ``(hidden, mask)`` tensors or pooled float32 vectors."""
+    import typing
+
+    from embedkit.backends import OUTPUT_KINDS, PROTOCOL_ATTRIBUTES, HiddenBackend, PooledBackend
+    from embedkit.backends.onnx_backend import OnnxBackend
+    from embedkit.backends.torch_backend import TorchBackend
+    from embedkit.checkpoint.save import save
+    from embedkit.export.onnx import export_onnx
+
+    for cls, kind in ((TorchBackend, "hidden"), (OnnxBackend, "pooled")):
+        assert cls.output == kind and kind in OUTPUT_KINDS
+        assert typing.get_args(typing.get_type_hints(cls)["output"]) == (kind,)
+    src = tmp_path / "src"
+    save(tiny_bert, src, pooling="mean", normalize=True)
+    out = export_onnx(src, tmp_path / "onnx").path
+    torch_model = Embedder(out, show_progress=False)
+    onnx_model = Embedder(out, backend="onnx", show_progress=False)
+    padded = {k: v for k, v in torch_model.tokenizer(["a cat", "the quick brown fox"], padding=True,
+                                                    return_tensors="np").items()}
+    for model, protocol in ((torch_model, HiddenBackend), (onnx_model, PooledBackend)):
+        assert isinstance(model.backend, protocol)
+        assert all(hasattr(model.backend, name) for name in PROTOCOL_ATTRIBUTES)
+        assert model.backend.hidden_size == 32
+    hidden, mask = torch_model.backend.forward(padded)
+    assert isinstance(hidden, torch.Tensor) and hidden.shape[:2] == mask.shape and hidden.shape[2] == 32
+    pooled = onnx_model.backend.forward(padded)
+    assert isinstance(pooled, np.ndarray) and pooled.shape == (2, 32) and pooled.dtype == np.float32
+    assert np.abs(onnx_model.encode(["a cat"]) - torch_model.encode(["a cat"])).max() <= 1e-5
+
+
+def test_no_caller_probes_the_backend():
+    """Callers branch on ``backend.output``; nothing probes ``pooled`` / ``model`` attributes to guess the kind."""
+    import re
+    from pathlib import Path
+
+    import embedkit
+
+    probe = re.compile(r"""(getattr|hasattr)\([^)]*backend[^)]*["'](pooled|model)["']""")
+    found = [f"{p}:{i}" for p in sorted(Path(embedkit.__file__).parent.rglob("*.py"))
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if probe.search(line)]
+    assert not found, found
+
+
+def test_encode_methods_share_one_loop(minilm):
+    """encode / encode_queries / encode_corpus differ only in text preparation and max length (one _encode_as)."""
+    texts = ["a cat", "", "the quick brown fox"]
+    assert np.array_equal(minilm.encode_queries(texts), minilm.encode(texts, max_length=minilm.spec.query_max_length))
+    assert np.array_equal(minilm.encode_corpus(texts), minilm.encode(texts))
+    assert isinstance(minilm.encode_corpus(texts, convert_to="torch"), torch.Tensor)
+    with pytest.raises(SpecError, match="convert_to"):
+        minilm.encode_queries(texts, convert_to="list")

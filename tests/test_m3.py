@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedkit import CheckpointError, M3Embedder, SpecError
+from embedkit import CheckpointError, Embedder, M3Embedder, SpecError
 from embedkit.checkpoint.inspect import inspect_folder
 from embedkit.checkpoint.save import save
 from embedkit.cli import main
@@ -454,3 +454,32 @@ def test_token_budget_batching_gives_the_same_outputs(tiny_m3, ours):
                         return_sparse=True, return_colbert=True, show_progress=False)
     assert_same_outputs(ours.encode(texts, return_sparse=True, return_colbert=True),
                         budget.encode(texts, return_sparse=True, return_colbert=True))
+
+
+def test_an_onnx_backend_gives_m3_a_clear_spec_error(tiny_m3, tmp_path):
+    """M3's heads need hidden states: backend='onnx', and an int8 precision that runs the ONNX graph, are refused
+    with a SpecError saying so (the backend's declared ``output`` decides, no attribute probing)."""
+    from embedkit.export.onnx import export_onnx
+
+    with pytest.raises(SpecError, match="needs backend='torch'"):
+        M3Embedder(tiny_m3, backend="onnx")
+    out = export_onnx(tiny_m3, tmp_path / "onnx", quantize="int8", min_cosine=0.0, min_cosine_floor=0.0).path
+    assert Embedder(out, precision="int8", show_progress=False).backend.output == "pooled"
+    with pytest.raises(SpecError, match="needs the torch backend") as err:
+        M3Embedder(out, precision="int8", show_progress=False)
+    assert "precision='fp32'" in err.value.hint
+
+
+def test_m3_overrides_only_the_per_batch_hook(ours):
+    """M3Embedder reuses the base encode loop: its encode methods are thin wrappers over Embedder._encode_as, and
+    what differs is the per-batch outputs (``_outputs``)."""
+    from embedkit.embedder import Embedder as Base
+
+    for name in ("_encode_as", "_encode", "_prepare", "_padded_batches"):
+        assert getattr(M3Embedder, name) is getattr(Base, name), name
+    assert M3Embedder._outputs is not Base._outputs
+    assert not hasattr(ours, "_m3_ready")
+    one = ours.encode_queries("the fox", return_sparse=True)
+    many = ours.encode_queries(["the fox"], return_sparse=True)
+    assert np.array_equal(one["dense_vecs"], many["dense_vecs"][0])
+    assert one["lexical_weights"] == many["lexical_weights"][0]

@@ -131,3 +131,26 @@ def test_spec_json_precision_row_comes_from_the_library(capsys):
     assert ("precision", row["value"], row["rule"]) == describe_precision("auto")
     with pytest.raises(SpecError, match="unknown precision"):
         describe_precision("fp8", "cpu", set())
+
+
+def test_create_backend_chooses_and_gates_outside_the_embedder(tiny_bert, tmp_path, monkeypatch):
+    """The backends layer's factory picks backend + precision and runs the gate (no Embedder involved); its verdict
+    is cached under the same key the Embedder then reuses."""
+    import torch
+
+    from embedkit.backends.factory import create_backend
+    from embedkit.precision import cached_verdict, gate_key
+    from embedkit.spec import load_spec
+
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path))
+    spec = load_spec(tiny_bert, {"pooling": "mean"})
+    backend, info = create_backend(tiny_bert, spec, precision="fp16", gate=(1.0000001, 1.0), device="cpu")
+    assert backend.output == "hidden" and backend.dtype == torch.float32  # failed: back on fp32 weights
+    assert (info.precision, info.candidate, info.cached) == ("fp32", "fp16", False)
+    assert info.summary == "fp32 (fp16 failed the gate)" and "quality gate failed for fp16" in info.gate_note()
+    assert cached_verdict(gate_key(tiny_bert, spec.to_dict(), "fp16", "cpu")) == info.quality
+    m = Embedder(tiny_bert, pooling="mean", precision="fp16", precision_gate=(1.0000001, 1.0), device="cpu",
+                 show_progress=False)
+    assert m.precision_info.cached and m.quality == info.quality and m.precision == "fp32"
+    backend, info = create_backend(tiny_bert, spec, dtype="bf16", gate=None, device="cpu")
+    assert backend.dtype == torch.bfloat16 and info.precision == "bf16" and info.requested == "bf16"

@@ -1,25 +1,81 @@
 """Backends run the transformer forward pass; pooling lives in :mod:`embedkit.pooling`, never here.
 
-The protocol is small: ``hidden_size``, ``input_names`` and ``forward(features) -> last_hidden_state``.
+Every backend declares what its ``forward`` returns in ``output``, and callers branch on that, never on probing
+attributes:
+
+* ``"hidden"`` (:class:`HiddenBackend`, the PyTorch backend): ``forward(features) -> (last_hidden_state,
+  attention_mask)`` as tensors; the caller pools (:func:`embedkit.pooling.embed`) and may run heads on them (bge-m3).
+* ``"pooled"`` (:class:`PooledBackend`, the ONNX backend): ``forward(features) -> (batch, dim)`` float32 final vectors;
+  pooling, truncation and normalization are baked into the graph.
+
+:func:`vectors` turns either into final vectors; :func:`embedkit.backends.factory.create_backend` picks a backend and
+its precision (with the quality gate).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from .. import pooling
+from .finite import NonFiniteOutputError, check_finite
 
-class Backend(Protocol):
-    """What :class:`embedkit.Embedder` needs from a backend."""
+OutputKind = Literal["hidden", "pooled"]
+OUTPUT_KINDS: tuple[str, ...] = ("hidden", "pooled")
 
+PROTOCOL_ATTRIBUTES: tuple[str, ...] = ("output", "hidden_size", "input_names", "device", "dtype")
+"""What every backend instance has (besides ``forward``)."""
+
+
+@runtime_checkable
+class HiddenBackend(Protocol):
+    """A backend that returns the last hidden state (PyTorch): what bge-m3's heads and training need."""
+
+    output: Literal["hidden"]
     hidden_size: int
     input_names: tuple[str, ...]
+    device: torch.device
+    dtype: torch.dtype
+    model: torch.nn.Module
 
     def forward(self, features: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the model on padded ``features``; return ``(last_hidden_state, attention_mask)`` as tensors."""
         ...
 
 
-__all__ = ["Backend"]
+@runtime_checkable
+class PooledBackend(Protocol):
+    """A backend that returns final sentence vectors (an exported graph that ends in the pooling)."""
+
+    output: Literal["pooled"]
+    hidden_size: int
+    input_names: tuple[str, ...]
+    device: Any
+    dtype: Any
+
+    def forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the graph on padded ``features``; return ``(batch, dim)`` float32 vectors."""
+        ...
+
+
+Backend = HiddenBackend | PooledBackend
+"""What :class:`embedkit.Embedder` runs: branch on ``backend.output``."""
+
+
+def vectors(backend: Backend, padded: dict[str, np.ndarray], spec: Any, rows: np.ndarray) -> np.ndarray:
+    """Final float32 vectors of one padded batch (``spec``: pooling, normalize, truncate_dim), whatever the backend's
+    ``output``; raises :class:`NonFiniteOutputError` naming the first input row (``rows``) with a NaN / infinity."""
+    if backend.output == "pooled":  # the graph ends in embedkit.pooling.embed, traced with this spec
+        vecs = np.asarray(backend.forward(padded))
+        check_finite(vecs, rows, "vector")
+        return vecs
+    hidden, mask = backend.forward(padded)
+    pooled = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim)
+    check_finite(pooled, rows, "vector")
+    return pooled.float().cpu().numpy()
+
+
+__all__ = ["Backend", "HiddenBackend", "PooledBackend", "OutputKind", "OUTPUT_KINDS", "PROTOCOL_ATTRIBUTES",
+           "vectors", "NonFiniteOutputError", "check_finite"]

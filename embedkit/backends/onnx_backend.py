@@ -1,13 +1,13 @@
 """The ONNX backend: ``onnx/embedder.onnx`` (or ``embedder_int8.onnx``) through onnxruntime.
 
 The graph was traced from :func:`embedkit.pooling.embed` with the model's spec, so it returns final vectors
-(``pooled = True``); :class:`embedkit.Embedder` does tokenization, batching and ordering exactly as for PyTorch.
+(``output = "pooled"``); :class:`embedkit.Embedder` does tokenization, batching and ordering exactly as for PyTorch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "int8")
 class OnnxBackend:
     """Runs an embedkit ONNX export; refuses an export that does not match the folder's weights or spec."""
 
-    pooled = True
+    output: Literal["pooled"] = "pooled"
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
         ort = require("onnxruntime", "backend='onnx'")

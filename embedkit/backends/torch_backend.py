@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from ..errors import SpecError
 from ..folder.loading import load_model
 
 logger = logging.getLogger("embedkit")
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` -> ``cuda`` when available, else ``cpu``."""
@@ -36,6 +38,8 @@ class TorchBackend:
         >>> hidden, mask = b.forward({"input_ids": ids, "attention_mask": mask})
     """
 
+    output: Literal["hidden"] = "hidden"
+
     def __init__(self, model_dir: str | Path, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, *, trust_pickle: bool = False) -> None:
         self.device = resolve_device(device)
@@ -50,6 +54,11 @@ class TorchBackend:
         self.device, self.dtype = param.device, param.dtype
         self._init_model(model)
         return self
+
+    def cast(self, dtype: str | torch.dtype) -> None:
+        """Convert the loaded weights to ``dtype`` in place (the quality gate measures fp32, then the candidate)."""
+        self.dtype = resolve_dtype(dtype)
+        self.model.to(self.dtype)
 
     def _init_model(self, model: torch.nn.Module) -> None:
         self.model = model
