@@ -56,15 +56,8 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
     """Run the whole demo into ``output`` (replaced if it exists); return a summary dict (also ``summary.json``)."""
     _quiet()
     from rich.console import Console
-    from rich.table import Table
-
-    # lazy: these pull in torch; embedkit.demo stays importable without it (fast CLI start)
-    from .embedder import Embedder
-    from .train.arguments import parse_args
-    from .train.trainer import run
 
     console = console or Console()
-    i = 1 if small else 0
     out = Path(output)
     if out.exists():
         shutil.rmtree(out)
@@ -76,26 +69,70 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
         console.rule(f"[bold]{n}. {text}")
         return time.perf_counter()
 
-    # 1. data
     t = step(1, "Build a retrieval dataset from numpy's documentation (offline)")
+    info = _build_data(out, small, console)
+    timings["data"] = time.perf_counter() - t
+
+    t = step(2, f"Evaluate the bundled all-MiniLM-L6-v2 on the test split (query/passage max length "
+                f"{QUERY_MAX_LENGTH}/{PASSAGE_MAX_LENGTH}, as in training)")
+    bench, base, before = _evaluate_base(info, console)
+    timings["eval_before"] = time.perf_counter() - t
+
+    t = step(3, "Mine hard negatives with MiniLM, then fine-tune it on the train split")
+    final = _mine_and_finetune(out, info, base, 1 if small else 0, console)
+    timings["finetune"] = time.perf_counter() - t
+
+    t = step(4, "Evaluate the fine-tuned model on the same test split")
+    tuned, after = _evaluate_tuned(out, final, bench, base, before, console)
+    timings["eval_after"] = time.perf_counter() - t
+
+    t = step(5, "Verify the saved model and reload it with sentence-transformers")
+    manifest, diff = _verify(final, bench, tuned, console)
+    timings["verify"] = time.perf_counter() - t
+
+    summary = {
+        "output": str(out.resolve()), "small": small, "dataset": info.to_dict(),
+        "before": before.metrics, "after": after.metrics, "spec_before": base.spec.to_dict(),
+        "spec_after": tuned.spec.to_dict(),
+        "delta": {k: round(after.metrics[k] - before.metrics[k], 6) for k in before.metrics},
+        "model": str(final), "manifest_ok": manifest.ok, "st_max_abs_diff": diff,
+        "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - t_start, 1)},
+    }
+    with atomic_write(out / "summary.json", "w") as fh:
+        fh.write(json.dumps(summary, indent=2, default=str))
+    console.rule("[bold]Done")
+    console.print(f"everything is in {out.resolve()}: data/, train/ (model/, metrics.jsonl, loss_curve.png, "
+                  f"eval_before_after.png), eval_report.md, eval_before_after.png, summary.json "
+                  f"({summary['seconds']['total']:.0f} s)")
+    return summary
+
+
+def _build_data(out: Path, small: bool, console: Any) -> Any:
+    """Step 1: the numpy-docs retrieval dataset (train jsonl, test benchmark) under ``out/data``."""
     info = build_numpy_dataset(out / "data", small=small)
     console.print(f"train: {info.n_train} (description -> code) pairs from {len(info.train_modules)} modules; "
                   f"test: {info.n_test_queries} queries over {info.n_corpus} functions of "
                   f"{', '.join(sorted(m for m in info.test_modules if m.count('.') <= 1))}")
-    timings["data"] = time.perf_counter() - t
+    return info
 
-    # 2. baseline
-    t = step(2, f"Evaluate the bundled all-MiniLM-L6-v2 on the test split (query/passage max length "
-                f"{QUERY_MAX_LENGTH}/{PASSAGE_MAX_LENGTH}, as in training)")
+
+def _evaluate_base(info: Any, console: Any) -> tuple[Any, Any, Any]:
+    """Step 2: the bundled MiniLM at the training lengths on the test split: ``(benchmark, embedder, result)``."""
+    from .embedder import Embedder  # lazy: pulls in torch; embedkit.demo stays importable without it
+
     bench = load_eval_data(info.test_dir)
     base = Embedder(minilm_path(), query_max_length=QUERY_MAX_LENGTH, passage_max_length=PASSAGE_MAX_LENGTH,
                     show_progress=False)
     before = evaluate(base, bench, cache_dir=None, name="all-MiniLM-L6-v2")
     console.print(", ".join(f"{k} {before.metrics[k]:.4f}" for k in main_metrics(before.metrics)))
-    timings["eval_before"] = time.perf_counter() - t
+    return bench, base, before
 
-    # 3. mine + fine-tune
-    t = step(3, "Mine hard negatives with MiniLM, then fine-tune it on the train split")
+
+def _mine_and_finetune(out: Path, info: Any, base: Any, i: int, console: Any) -> Path:
+    """Step 3: hard negatives mined with MiniLM, then fine-tuning (settings ``i``: 0 full, 1 small); the model."""
+    from .train.arguments import parse_args
+    from .train.trainer import run
+
     mined = out / "data" / "train.mined.jsonl"
     report = mine_hard_negatives(base, info.train_file, mined, range=MINE_RANGE[i], negative_number=NEGATIVES[i],
                                  show_progress=False)
@@ -109,11 +146,15 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
             "--passage_max_length", str(PASSAGE_MAX_LENGTH),
             "--logging_steps", "5", "--save_strategy", "no", "--eval_data", str(info.test_dir), "--seed", "0",
             "--disable_tqdm", "false" if sys.stderr.isatty() else "true"]
-    final = run(*parse_args(argv))
-    timings["finetune"] = time.perf_counter() - t
+    return run(*parse_args(argv))
 
-    # 4. after
-    t = step(4, "Evaluate the fine-tuned model on the same test split")
+
+def _evaluate_tuned(out: Path, final: Path, bench: Any, base: Any, before: Any, console: Any) -> tuple[Any, Any]:
+    """Step 4: the fine-tuned model on the same split and spec; the before/after table, report and chart."""
+    from rich.table import Table
+
+    from .embedder import Embedder
+
     tuned = Embedder(final, show_progress=False)
     spec_before, spec_after = base.spec.to_dict(), tuned.spec.to_dict()
     if spec_before != spec_after:  # the comparison must change the weights only
@@ -135,10 +176,11 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
         fh.write(markdown_report([before, after], "numpy docs retrieval: before / after"))
     plot_comparison([before, after], out / "eval_before_after.png", labels=["all-MiniLM-L6-v2", "fine-tuned"],
                     title="numpy docs retrieval (test split)")
-    timings["eval_after"] = time.perf_counter() - t
+    return tuned, after
 
-    # 5. save / verify / reload elsewhere
-    t = step(5, "Verify the saved model and reload it with sentence-transformers")
+
+def _verify(final: Path, bench: Any, tuned: Any, console: Any) -> tuple[Any, float]:
+    """Step 5: the manifest of the saved folder, and sentence-transformers' vectors of it vs embedkit's."""
     manifest = verify_manifest(final)
     console.print(f"manifest: {'OK' if manifest.ok else 'FAILED'} ({manifest.checked} files) in {final}")
     from sentence_transformers import SentenceTransformer
@@ -148,22 +190,7 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
     diff = float(abs(st.encode(sample, convert_to_numpy=True) - tuned.encode_corpus(sample)).max())
     console.print(f"sentence-transformers vs embedkit on the saved folder: max abs diff {diff:.2e} "
                   f"over {len(sample)} passages")
-    timings["verify"] = time.perf_counter() - t
-
-    summary = {
-        "output": str(out.resolve()), "small": small, "dataset": info.to_dict(),
-        "before": before.metrics, "after": after.metrics, "spec_before": spec_before, "spec_after": spec_after,
-        "delta": {k: round(after.metrics[k] - before.metrics[k], 6) for k in before.metrics},
-        "model": str(final), "manifest_ok": manifest.ok, "st_max_abs_diff": diff,
-        "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - t_start, 1)},
-    }
-    with atomic_write(out / "summary.json", "w") as fh:
-        fh.write(json.dumps(summary, indent=2, default=str))
-    console.rule("[bold]Done")
-    console.print(f"everything is in {out.resolve()}: data/, train/ (model/, metrics.jsonl, loss_curve.png, "
-                  f"eval_before_after.png), eval_report.md, eval_before_after.png, summary.json "
-                  f"({summary['seconds']['total']:.0f} s)")
-    return summary
+    return manifest, diff
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,8 @@ def _edges(modules: dict[str, Path]) -> list[tuple[str, str, int]]:
 
 def _top(module: str) -> str:
     parts = module.split(".")
+    if parts[-1] == "__main__":  # an entry point (`python -m embedkit.train`) runs the command line: the top layer
+        return "__main__"
     return parts[1] if len(parts) > 1 else "__init__"
 
 

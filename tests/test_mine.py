@@ -350,6 +350,34 @@ def test_score_pairs_fills_scores_equal_to_direct_forward(reranker, tmp_path):
     json.dumps(report.to_dict())
 
 
+def test_score_pairs_batches_are_the_tokenizers_own_pair_padding(reranker, tmp_path):
+    """score_pairs goes through embedkit.batching's features stage: its scores are bit for bit the logits of the same
+    token-length sorted batches (longest first, ties in input order) tokenized and padded by the tokenizer itself,
+    pairs truncated longest-first."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    src = _write_jsonl(tmp_path / "in.jsonl", SCORE_ROWS * 2)
+    out = score_pairs(reranker, src, tmp_path / "out.jsonl", batch_size=3, max_length=16, device="cpu").output
+    got = [s for ex in load_train_data(out).examples for s in ex.pos_scores + ex.neg_scores]
+    pairs = [(row["query"], p) for row in SCORE_ROWS * 2 for p in row["pos"] + row.get("neg", [])]
+    tok = AutoTokenizer.from_pretrained(str(reranker), local_files_only=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(reranker), local_files_only=True).eval()
+    qs, ps = [q for q, _ in pairs], [p for _, p in pairs]
+    lengths = [len(ids) for ids in tok(qs, ps, truncation="longest_first", max_length=16)["input_ids"]]
+    assert max(lengths) == 16 and min(lengths) < 16
+    order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
+    want = [0.0] * len(pairs)
+    with torch.inference_mode():
+        for c in range(0, len(order), 3):
+            rows = order[c:c + 3]
+            enc = tok([qs[i] for i in rows], [ps[i] for i in rows], truncation="longest_first", max_length=16,
+                      padding=True, return_tensors="pt")
+            for i, logit in zip(rows, model(**enc).logits[:, 0].tolist(), strict=True):
+                want[i] = logit
+    assert got == want
+
+
 def test_score_pairs_uses_last_label_of_multi_label_model(tiny_bert, tmp_path):
     folder = _build_reranker(tmp_path / "rr3", tiny_bert, num_labels=3, seed=1)
     src = _write_jsonl(tmp_path / "in.jsonl", SCORE_ROWS[:1])

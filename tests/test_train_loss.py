@@ -81,6 +81,38 @@ def test_collator_chunks_restore_order(tiny_bert):
         assert torch.allclose(model.encode_batch(one["passage"]), model.encode_batch(many["passage"]), atol=1e-6)
 
 
+def test_collator_chunks_are_the_tokenizers_own_padding(tiny_bert):
+    """The collator goes through embedkit.batching's features stage: each chunk is exactly what the tokenizer gives
+    for those texts padded to their longest, chunks are cut from the token-length order (longest first, ties in
+    input order), and ``order`` maps the concatenated chunks back to input order."""
+    from transformers import AutoTokenizer
+
+    from embedkit.train.trainer import GroupCollator
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert), local_files_only=True)
+    words = "the quick brown fox jumps over lazy dog hello world what is bge cat".split()
+    items = [{"query": " ".join(words[i % 5: i % 5 + 1 + i % 6]),
+              "passages": [" ".join(words[j % 4: j % 4 + 1 + (i * j) % 9]) for j in range(3)], "scores": None}
+             for i in range(11)]
+    batch = GroupCollator(tok, 6, 8, chunk_size=4)(items)
+    assert "teacher_scores" not in batch
+    for side, texts, max_length in (("query", [it["query"] for it in items], 6),
+                                    ("passage", [p for it in items for p in it["passages"]], 8)):
+        lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+        assert max(lengths) == max_length and min(lengths) < max_length  # some truncated, some padded
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+        chunks = batch[side]["chunks"]
+        assert len(chunks) == -(-len(texts) // 4)
+        for c, chunk in enumerate(chunks):
+            rows = order[4 * c: 4 * c + 4]
+            want = tok([texts[i] for i in rows], truncation=True, max_length=max_length, padding=True,
+                       return_tensors="pt")
+            assert set(chunk) == set(want) - {"offset_mapping"}
+            for key, value in chunk.items():
+                assert value.dtype == torch.int64 and torch.equal(value, want[key]), (side, c, key)
+        assert [order[i] for i in batch[side]["order"].tolist()] == list(range(len(texts)))
+
+
 @pytest.mark.parametrize("chunk", [1, 5])
 def test_grad_cache_equals_full_batch_gradient(tiny_bert, chunk):
     model = _tiny_training_model(tiny_bert)

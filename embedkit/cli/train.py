@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 
@@ -21,7 +23,8 @@ def finetune_command(ctx: typer.Context) -> None:
         typer.echo(text)
         return
     final = run(*parse_args(list(ctx.args)))
-    typer.echo(f"trained model: {final}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: said once, by the main process
+        typer.echo(f"trained model: {final}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,7 @@
-"""``python -m embedkit.train`` (and ``torchrun --nproc_per_node N -m embedkit.train``)."""
+"""``python -m embedkit.train`` (and ``torchrun --nproc_per_node N -m embedkit.train``): ``embedkit finetune``.
+
+An entry point, like ``embedkit/__main__.py``: it runs the one command line (:mod:`embedkit.cli`).
+"""
 
 import sys
 
@@ -9,6 +12,6 @@ if _help is not None:
     print(_help)
     sys.exit(0)
 
-from .trainer import main  # noqa: E402 - after the help, which needs no torch start-up
+from ..cli import main  # noqa: E402 - after the help, which needs no torch start-up
 
-sys.exit(main())
+sys.exit(main(["finetune", *sys.argv[1:]]))

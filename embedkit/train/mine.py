@@ -16,7 +16,6 @@ from __future__ import annotations
 import builtins
 import logging
 import random
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,21 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from .._io import refuse_overwriting_inputs
 from .._optional import require
-from ..batching import batches, length_sorted_order, pad_features
-from ..errors import CheckpointError, DataError, SpecError
-from ..folder.layout import check_model_folder
-from ..folder.loading import load_model, load_tokenizer
-from ..models import resolve_model_path
+from ..errors import DataError
 from ..search import search
-from ..spec import model_token_limit
 from ..textio import read_texts
+from ._checks import PathLike, check_output, positive_int, progress_enabled
 from .data import TrainExample, expand_paths, load_train_data, write_train_jsonl
+from .score import ScoreReport, load_cross_encoder, score_pairs
 
 logger = logging.getLogger("embedkit")
-
-PathLike = str | Path
 
 
 # ---------------------------------------------------------------------- reports
@@ -70,33 +63,7 @@ class MineReport:
         return d
 
 
-@dataclass
-class ScoreReport:
-    """What :func:`score_pairs` did: ``pairs`` (query, passage) pairs of ``rows`` rows scored by ``model``."""
-
-    rows: int
-    pairs: int
-    model: Path
-    output: Path
-    max_length: int
-    num_labels: int
-    skipped_rows: int = 0
-    skipped: list[str] = field(default_factory=list, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["model"] = str(self.model)
-        d["output"] = str(self.output)
-        return d
-
-
 # ---------------------------------------------------------------------- argument checks
-def _positive_int(name: str, value: Any, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise DataError(f"{name} must be a positive integer, got {value!r}", hint=hint)
-    return value
-
-
 def parse_range(value: str | Sequence[int]) -> tuple[int, int]:
     """``"10-210"`` or ``(10, 210)`` -> ``(10, 210)``; raise :class:`DataError` unless ``0 <= start < end``.
 
@@ -122,22 +89,6 @@ def parse_range(value: str | Sequence[int]) -> tuple[int, int]:
     if start >= end:
         raise DataError(f"range start ({start}) must be smaller than its end ({end})", hint=hint)
     return start, end
-
-
-def _check_output(output: Path, inputs: Sequence[PathLike], others: Sequence[PathLike] = (),
-                  model_dirs: Sequence[Any] = ()) -> Path:
-    """Refuse an output that is a folder, one of the inputs, inside an input folder, or inside the model folder."""
-    output = Path(output)
-    if output.is_dir():
-        raise DataError(f"output {output} is a folder", hint="pass a file path, e.g. --output mined.jsonl")
-    dirs = [resolve_model_path(m) if isinstance(m, (str, Path)) else getattr(m, "path", None) for m in model_dirs]
-    return refuse_overwriting_inputs(output, inputs=[*inputs, *others], model_dirs=dirs, flag="--output")
-
-
-def _progress_enabled(show_progress: bool | None, total: int, step: int) -> bool:
-    if show_progress is not None:
-        return bool(show_progress)
-    return sys.stderr.isatty() and total > step
 
 
 # ---------------------------------------------------------------------- candidate pool
@@ -255,21 +206,34 @@ def mine_hard_negatives(
         >>> report.rows, report.topped_up_rows
     """
     window = parse_range(range)
-    start, end = window
-    _positive_int("negative_number", negative_number, "e.g. --negative-number 15")
-    _positive_int("batch_size", batch_size, "e.g. --batch-size 256")
+    positive_int("negative_number", negative_number, "e.g. --negative-number 15")
+    positive_int("batch_size", batch_size, "e.g. --batch-size 256")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DataError(f"seed must be an integer, got {seed!r}", hint="e.g. --seed 0")
     inputs = [input_path_or_paths] if isinstance(input_path_or_paths, (str, Path)) else list(input_path_or_paths)
     files = expand_paths(inputs)
     pool_file = Path(candidate_pool) if isinstance(candidate_pool, (str, Path)) else None
-    output = _check_output(Path(output), [*inputs, *files], [pool_file] if pool_file else [], [model])
+    output = check_output(Path(output), [*inputs, *files], [pool_file] if pool_file else [], [model])
     if use_gpu_for_searching:
         logger.info("use_gpu_for_searching is ignored: embedkit searches exactly on the CPU (faiss IndexFlatIP)")
     _import_faiss()  # fail before encoding anything; quietly (faiss logs every CPU-feature probe)
 
     data = load_train_data(files, skip_invalid=skip_invalid)
-    examples = data.examples
+    pool = _candidate_texts(candidate_pool, pool_file, data.examples)
+    logger.info("mining: %d rows, %d candidate passages, ranks [%d, %d)", len(data.examples), len(pool), *window)
+    hits = _embed_and_search(model, data.examples, pool, window[1], batch_size, show_progress)
+    mined, counts = _pick_negatives(data.examples, hits, pool, window, negative_number, random.Random(seed))
+    _warn_about(counts, len(mined), negative_number, window, len(pool))
+    write_train_jsonl(output, mined)
+    return MineReport(rows=len(mined), pool_size=len(pool), topped_up_rows=counts["topped_up"], range=window,
+                      negative_number=negative_number, output=output, short_rows=counts["short"],
+                      skipped_rows=len(data.skipped), dropped_scores_rows=counts["dropped"],
+                      skipped=list(data.skipped))
+
+
+def _candidate_texts(candidate_pool: PathLike | Sequence[str] | None, pool_file: Path | None,
+                     examples: list[TrainExample]) -> list[str]:
+    """The deduplicated pool (first occurrence kept): the file's texts, the given list, or every input passage."""
     if pool_file is not None:
         raw_pool = load_candidate_pool(pool_file)
     elif candidate_pool is not None:
@@ -283,28 +247,36 @@ def mine_hard_negatives(
     pool = list(dict.fromkeys(raw_pool))
     if not pool:
         raise DataError("the candidate pool is empty", hint="pass --candidate-pool FILE with passages")
-    pool_index = {text: i for i, text in enumerate(pool)}
+    return pool
 
+
+def _embed_and_search(model: Any, examples: list[TrainExample], pool: list[str], top_k: int, batch_size: int,
+                      show_progress: bool | None) -> np.ndarray:
+    """The ``top_k`` pool indices per query (exact inner product, best first; -1 where the pool is shorter)."""
     # lazy: pulls in torch; embedkit.train.mine stays importable without it (fast CLI start)
+    from tqdm.auto import tqdm
+
     from ..embedder import Embedder
 
     embedder = model if isinstance(model, Embedder) else Embedder(model, batch_size=batch_size,
                                                                    show_progress=show_progress)
-    logger.info("mining: %d rows, %d candidate passages, ranks [%d, %d)", len(examples), len(pool), start, end)
     q_vecs = np.ascontiguousarray(_encode_queries(embedder, examples, batch_size, show_progress), dtype=np.float32)
     p_vecs = np.ascontiguousarray(
         embedder.encode_corpus(pool, batch_size=batch_size, show_progress=show_progress), dtype=np.float32)
-
     step = 1024
-    from tqdm.auto import tqdm
-
     with tqdm(total=len(examples), desc="Searching", unit="query", leave=False,
-              disable=not _progress_enabled(show_progress, len(examples), step)) as bar:
-        _, hits = search(q_vecs, p_vecs, end, batch_size=step, on_batch=bar.update, feature="hard-negative mining")
+              disable=not progress_enabled(show_progress, len(examples), step)) as bar:
+        _, hits = search(q_vecs, p_vecs, top_k, batch_size=step, on_batch=bar.update, feature="hard-negative mining")
+    return hits
 
-    rng = random.Random(seed)
+
+def _pick_negatives(examples: list[TrainExample], hits: np.ndarray, pool: list[str], window: tuple[int, int],
+                    negative_number: int, rng: random.Random) -> tuple[list[TrainExample], dict[str, int]]:
+    """Each row with its new negatives, and the counts of ``topped_up`` / ``short`` / ``dropped`` (scores) rows."""
+    start, end = window
+    pool_index = {text: i for i, text in enumerate(pool)}
     mined: list[TrainExample] = []
-    topped_up = short = dropped = 0
+    counts = {"topped_up": 0, "short": 0, "dropped": 0}
     for ex, row_hits in zip(examples, hits, strict=True):
         banned = {pool_index[t] for t in (*ex.pos, ex.query) if t in pool_index}
         row_hits = [int(j) for j in row_hits if j >= 0]
@@ -312,147 +284,30 @@ def mine_hard_negatives(
         chosen = candidates if len(candidates) <= negative_number else rng.sample(candidates, negative_number)
         chosen = sorted(chosen, key=candidates.index)
         if len(chosen) < negative_number:
-            topped_up += 1
+            counts["topped_up"] += 1
             excluded = banned | set(chosen) | set(row_hits[:start])
             chosen += _sample_outside(rng, len(pool), excluded, negative_number - len(chosen))
             if len(chosen) < negative_number:
-                short += 1
+                counts["short"] += 1
         if ex.has_scores:
-            dropped += 1
+            counts["dropped"] += 1
         mined.append(TrainExample(query=ex.query, pos=list(ex.pos), neg=[pool[j] for j in chosen],
                                   prompt=ex.prompt, type=ex.type, source=ex.source))
-    if topped_up:
+    return mined, counts
+
+
+def _warn_about(counts: dict[str, int], rows: int, negative_number: int, window: tuple[int, int],
+                pool_size: int) -> None:
+    """Say which rows were topped up, are still short, or lost their teacher scores."""
+    if counts["topped_up"]:
         logger.warning("%d of %d rows had fewer than %d usable passages in ranks [%d, %d): topped up with random "
-                       "pool passages", topped_up, len(mined), negative_number, start, end)
-    if short:
+                       "pool passages", counts["topped_up"], rows, negative_number, *window)
+    if counts["short"]:
         logger.warning("%d rows still have fewer than %d negatives: the candidate pool (%d passages) is too small",
-                       short, negative_number, len(pool))
-    if dropped:
+                       counts["short"], negative_number, pool_size)
+    if counts["dropped"]:
         logger.warning("dropped pos_scores/neg_scores of %d rows (they no longer match the new negatives); "
-                       "re-score them with `embedkit score-pairs`", dropped)
-    write_train_jsonl(output, mined)
-    return MineReport(rows=len(mined), pool_size=len(pool), topped_up_rows=topped_up, range=window,
-                      negative_number=negative_number, output=output, short_rows=short,
-                      skipped_rows=len(data.skipped), dropped_scores_rows=dropped, skipped=list(data.skipped))
-
-
-# ---------------------------------------------------------------------- teacher scores
-def load_cross_encoder(path: PathLike, *, trust_pickle: bool = False, device: Any = None) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` of a local cross-encoder (``AutoModelForSequenceClassification``).
-
-    Offline (``local_files_only``), no untrusted pickle, and never a half-random model: a folder whose weights
-    lack the classification head (e.g. a bare embedding model) raises :class:`CheckpointError`.
-    """
-    from transformers import AutoModelForSequenceClassification
-
-
-    if not Path(path).expanduser().exists():
-        raise CheckpointError(
-            f"no reranker folder at {str(path)!r} (tried {Path(path).expanduser().resolve()}); embedkit works "
-            "offline and loads local folders only, it never downloads from a hub",
-            hint="pass a local cross-encoder folder (config.json, weights, tokenizer), e.g. one downloaded once "
-            "elsewhere with `huggingface-cli download BAAI/bge-reranker-base --local-dir DIR`",
-        )
-    folder = check_model_folder(path)
-    tokenizer = load_tokenizer(folder)
-    try:
-        model = load_model(folder, trust_pickle=trust_pickle, auto_class=AutoModelForSequenceClassification,
-                           ignorable_missing=(), what="cross-encoder")
-    except CheckpointError as exc:
-        if "unpickling" in exc.message:
-            raise
-        raise CheckpointError(exc.message, hint="pass a reranker checkpoint (AutoModelForSequenceClassification), "
-                              "e.g. a local copy of BAAI/bge-reranker-base, not an embedding model") from None
-    model.eval()
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    return model, tokenizer
-
-
-def score_pairs(
-    reranker_dir: PathLike,
-    input: PathLike | Sequence[PathLike],  # noqa: A002
-    output: PathLike,
-    *,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    trust_pickle: bool = False,
-    device: Any = None,
-    skip_invalid: bool = False,
-    show_progress: bool | None = None,
-) -> ScoreReport:
-    """Score every (query, passage) pair of each row with a local cross-encoder; write rows with scores.
-
-    Fills ``pos_scores`` / ``neg_scores`` (raw logits: label 0 when the model has one label, else the last
-    label) and writes the jsonl atomically. Pairs are tokenized together (``[CLS] query [SEP] passage [SEP]``),
-    truncated longest-first to ``max_length`` tokens (default: 512, or the model's limit when smaller).
-
-    Example:
-        >>> score_pairs("bge-reranker-base", "train.mined.jsonl", "train.scored.jsonl").pairs
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-
-    _positive_int("batch_size", batch_size, "e.g. --batch-size 32")
-    inputs = [input] if isinstance(input, (str, Path)) else list(input)
-    files = expand_paths(inputs)
-    output = _check_output(Path(output), [*inputs, *files], model_dirs=[reranker_dir])
-    limit = model_token_limit(reranker_dir) if Path(reranker_dir).is_dir() else None
-    if max_length is None:
-        max_length = min(512, limit) if limit else 512
-    _positive_int("max_length", max_length, "e.g. --max-length 512")
-    if limit is not None and max_length > limit:
-        raise SpecError(f"max_length={max_length} exceeds what the reranker can take ({limit})",
-                        hint=f"pass --max-length {limit} or less")
-    data = load_train_data(files, skip_invalid=skip_invalid)
-    model, tokenizer = load_cross_encoder(reranker_dir, trust_pickle=trust_pickle, device=device)
-    num_labels = int(getattr(model.config, "num_labels", 1))
-    label = 0 if num_labels == 1 else num_labels - 1
-
-    examples = data.examples
-    queries: list[str] = []
-    passages: list[str] = []
-    for ex in examples:
-        for p in (*ex.pos, *ex.neg):
-            queries.append(ex.query)
-            passages.append(p)
-    scores = np.empty(len(passages), dtype=np.float64)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    padding_side = getattr(tokenizer, "padding_side", "right")
-    device_ = next(model.parameters()).device
-    chunk = 8192  # tokenize in chunks: bounded memory on large files
-    with tqdm(total=len(passages), desc="Scoring", unit="pair", leave=False,
-              disable=not _progress_enabled(show_progress, len(passages), batch_size)) as bar:
-        for c in builtins.range(0, len(passages), chunk):
-            enc = tokenizer(queries[c:c + chunk], passages[c:c + chunk], truncation="longest_first",
-                            max_length=max_length, padding=False)
-            features = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-            order = length_sorted_order([len(ids) for ids in features["input_ids"]])
-            for rows in batches(order, batch_size):
-                padded = pad_features(features, rows, pad_id, padding_side)
-                tensors = {k: torch.from_numpy(v).to(device_) for k, v in padded.items()}
-                with torch.inference_mode():
-                    logits = model(**tensors).logits
-                scores[c + rows] = logits[:, label].float().cpu().numpy()
-                bar.update(len(rows))
-
-    scored: list[TrainExample] = []
-    at = 0
-    for ex in examples:
-        n_pos, n_neg = len(ex.pos), len(ex.neg)
-        pos_scores = [float(x) for x in scores[at:at + n_pos]]
-        neg_scores = [float(x) for x in scores[at + n_pos:at + n_pos + n_neg]]
-        at += n_pos + n_neg
-        scored.append(TrainExample(query=ex.query, pos=list(ex.pos), neg=list(ex.neg), pos_scores=pos_scores,
-                                   neg_scores=neg_scores, prompt=ex.prompt, type=ex.type, source=ex.source))
-    write_train_jsonl(output, scored)
-    return ScoreReport(rows=len(scored), pairs=len(passages), model=Path(reranker_dir), output=output,
-                       max_length=max_length, num_labels=num_labels, skipped_rows=len(data.skipped),
-                       skipped=list(data.skipped))
+                       "re-score them with `embedkit score-pairs`", counts["dropped"])
 
 
 __all__ = ["MineReport", "ScoreReport", "mine_hard_negatives", "score_pairs", "parse_range",
