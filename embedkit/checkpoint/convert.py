@@ -16,6 +16,7 @@ from ..folder.layout import (
     MANIFEST,
     WEIGHTS,
     check_destination,
+    check_folder,
     classify_file,
     find_weight_files,
     list_files,
@@ -31,6 +32,7 @@ from .manifest import write_manifest
 logger = logging.getLogger("embedkit")
 
 TARGETS = ("safetensors", "bin")
+_FOLDER_HINT = "pass the folder holding config.json + weights"
 
 
 @dataclass
@@ -217,9 +219,8 @@ def convert(
     # lazy: pulls in torch; embedkit.checkpoint.convert stays importable without it (fast CLI start)
     from ..dtypes import resolve_dtype
 
-    folder = resolve_model_path(src)
-    if not folder.is_dir():
-        raise CheckpointError(f"{src} is not a model folder", hint="pass the folder holding config.json + weights")
+    folder = check_folder(resolve_model_path(src), what="model folder", missing_hint=_FOLDER_HINT,
+                          file_hint=_FOLDER_HINT)
     if to is not None and to not in TARGETS:
         raise CheckpointError(f"unknown target format {to!r}", hint="use --to safetensors or --to bin")
     torch_dtype = resolve_dtype(dtype) if dtype is not None else None
