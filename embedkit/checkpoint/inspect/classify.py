@@ -9,20 +9,8 @@ from pathlib import Path
 
 from ...folder import layout
 from ...models import resolve_model_path
-from .report import (
-    DEEPSPEED_CHECKPOINT,
-    EMPTY,
-    FULL_MODEL,
-    LORA_ADAPTER,
-    MISSING_CONFIG,
-    MISSING_TOKENIZER,
-    MISSING_WEIGHTS,
-    ONNX_EXPORT,
-    SENTENCE_TRANSFORMERS_MODEL,
-    TRAINING_CHECKPOINT,
-    UNKNOWN,
-    InspectReport,
-)
+from . import report as kinds
+from .report import InspectReport
 
 _CHECKPOINT_DIR_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -105,18 +93,18 @@ def mark_droppable(report: InspectReport, held: Holdings) -> None:
 def folder_kind(held: Holdings) -> str:
     """One of :data:`~.report.KINDS`, from what the folder holds."""
     if not held.rels:
-        return EMPTY
+        return kinds.EMPTY
     if held.has_training and (held.has_weights or held.has_adapter_weights):
-        return TRAINING_CHECKPOINT
+        return kinds.TRAINING_CHECKPOINT
     if held.has_zero and not held.has_weights and not held.has_adapter_weights:
-        return DEEPSPEED_CHECKPOINT
+        return kinds.DEEPSPEED_CHECKPOINT
     if held.has_adapter_cfg and not held.has_weights:
-        return LORA_ADAPTER
+        return kinds.LORA_ADAPTER
     if held.has_weights:
-        return SENTENCE_TRANSFORMERS_MODEL if held.has_st else FULL_MODEL
+        return kinds.SENTENCE_TRANSFORMERS_MODEL if held.has_st else kinds.FULL_MODEL
     if held.onnx_models:
-        return ONNX_EXPORT
-    return UNKNOWN
+        return kinds.ONNX_EXPORT
+    return kinds.UNKNOWN
 
 
 def missing_for_inference(held: Holdings, *, config_error: str | None, weights_error: str | None) -> list[str]:
@@ -126,11 +114,11 @@ def missing_for_inference(held: Holdings, *, config_error: str | None, weights_e
     missing = []
     weights_ok = (held.has_weights and not weights_error) or bool(held.onnx_models)
     if not held.has_config or config_error:
-        missing.append(MISSING_CONFIG)
+        missing.append(kinds.MISSING_CONFIG)
     if not weights_ok:
-        missing.append(MISSING_WEIGHTS)
+        missing.append(kinds.MISSING_WEIGHTS)
     if not held.has_tokenizer:
-        missing.append(MISSING_TOKENIZER)
+        missing.append(kinds.MISSING_TOKENIZER)
     return missing
 
 
