@@ -83,6 +83,20 @@ def test_a_changed_shard_changes_every_fingerprint(model_dir):
     assert model_fingerprint(model_dir) != fingerprint
 
 
+def test_convert_fits_the_tensors_it_read_to_the_config_without_a_second_read(model_dir):
+    """convert reads the weights once: the fit check (the inference loader's checks) runs on the tensors read, so a
+    tensor changed after reading is what gets refused, not what the file on disk holds."""
+    from embedkit.checkpoint.convert import check_weights_fit, read_weights
+
+    state, fmt = read_weights(model_dir)
+    check_weights_fit(model_dir, state_dict=state)  # fits
+    bias = next(k for k in state if k.endswith("LayerNorm.bias"))
+    state[bias] = state[bias][:7].clone()
+    with pytest.raises(CheckpointError, match=r"\(file \[7\] vs config \[32\]\)"):
+        check_weights_fit(model_dir, state_dict=state)
+    check_weights_fit(model_dir)  # the file itself still fits: the check above used the tensors given
+
+
 def test_parse_size():
     assert parse_size("2GB") == 2 * 1024**3 and parse_size("500MB") == 500 * 1024**2 and parse_size(10) == 10
     with pytest.raises(CheckpointError):

@@ -283,6 +283,27 @@ def test_key_loading_errors_name_the_file(tmp_path, keys):
         assert err.value.hint
 
 
+def test_one_key_loader_reads_pem_and_openssh_keys_of_either_kind(tmp_path, folder):
+    """checkpoint.signing.load_key is the one loader behind load_private_key / load_public_key (PEM and OpenSSH)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from embedkit.checkpoint import signing
+
+    assert load_private_key is signing.load_private_key and load_public_key is signing.load_public_key
+    key = Ed25519PrivateKey.generate()
+    ssh_private, ssh_public = tmp_path / "id_ed25519", tmp_path / "id_ed25519.pub"
+    ssh_private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                              serialization.NoEncryption()))
+    ssh_public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                         serialization.PublicFormat.OpenSSH) + b" me@host\n")
+    assert isinstance(signing.load_key(ssh_private, "private"), Ed25519PrivateKey)
+    write_manifest(folder, sign_key=ssh_private)
+    assert verify_manifest(folder, public_key=ssh_public).signature == "valid"
+    with pytest.raises(ValueError, match="kind"):
+        signing.load_key(ssh_public, "secret")
+
+
 # ---------------------------------------------------------------------- CLI
 def test_cli_keygen_manifest_verify_ok(tmp_path, folder, capsys):
     key = tmp_path / "cli.key"

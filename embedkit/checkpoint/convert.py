@@ -16,9 +16,11 @@ from ..folder.layout import (
     MANIFEST,
     WEIGHTS,
     check_destination,
+    check_folder,
     classify_file,
     find_weight_files,
     list_files,
+    read_config,
     weight_index_shards,
 )
 from ..folder.loading import load_model
@@ -31,6 +33,7 @@ from .manifest import write_manifest
 logger = logging.getLogger("embedkit")
 
 TARGETS = ("safetensors", "bin")
+_FOLDER_HINT = "pass the folder holding config.json + weights"
 
 
 @dataclass
@@ -179,13 +182,16 @@ def _embedding_cosine(src: Path, new: Path) -> float | None:
     return compare(a, b).min_cosine
 
 
-def check_weights_fit(folder: Path, *, trust_pickle: bool = False) -> None:
+def check_weights_fit(folder: Path, *, trust_pickle: bool = False, state_dict: dict[str, Any] | None = None) -> None:
     """Refuse weights that the folder's ``config.json`` cannot load: the same loader as inference
     (:func:`embedkit.folder.loading.load_model`: config types, shapes, nothing missing, no NaN / Inf, no integer
     tensors where floats belong), so ``convert`` never writes a fresh manifest over a broken model. A folder without
-    ``config.json`` (bare weights) has nothing to fit; its tensors are still read through the safe loader."""
+    ``config.json`` (bare weights) has nothing to fit; its tensors are still read through the safe loader.
+
+    ``state_dict``: the folder's tensors, already read (:func:`read_weights`): the model is built from them
+    instead of reading the weight files a second time."""
     if (folder / "config.json").is_file():
-        load_model(folder, trust_pickle=trust_pickle, device="cpu")
+        load_model(folder, trust_pickle=trust_pickle, device="cpu", state_dict=state_dict)
 
 
 def convert(
@@ -217,9 +223,8 @@ def convert(
     # lazy: pulls in torch; embedkit.checkpoint.convert stays importable without it (fast CLI start)
     from ..dtypes import resolve_dtype
 
-    folder = resolve_model_path(src)
-    if not folder.is_dir():
-        raise CheckpointError(f"{src} is not a model folder", hint="pass the folder holding config.json + weights")
+    folder = check_folder(resolve_model_path(src), what="model folder", missing_hint=_FOLDER_HINT,
+                          file_hint=_FOLDER_HINT)
     if to is not None and to not in TARGETS:
         raise CheckpointError(f"unknown target format {to!r}", hint="use --to safetensors or --to bin")
     torch_dtype = resolve_dtype(dtype) if dtype is not None else None
@@ -227,8 +232,10 @@ def convert(
     dst = Path(output) if output is not None else folder
     if output is not None:  # in place (no output) is allowed: atomic_dir swaps the new folder in whole
         check_destination(dst, overwrite=overwrite, src=folder, flag="--output")  # also: --output holding FOLDER
-    check_weights_fit(folder, trust_pickle=trust_pickle)
+    if (folder / "config.json").is_file():
+        read_config(folder)  # config errors first (the weights are read once, below, then fitted to it)
     original, found_fmt = read_weights(folder, trust_pickle=trust_pickle)
+    check_weights_fit(folder, trust_pickle=trust_pickle, state_dict=original)  # no second read of the weights
     target = to or found_fmt
     present = list(weight_files_by_format(folder))
     others = [f for f in present if f != target]

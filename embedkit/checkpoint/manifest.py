@@ -15,8 +15,6 @@ folder holding one, and ``verify`` reports one as a problem.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
@@ -29,7 +27,8 @@ from typing import Any
 from .._io import _fsync_dir, atomic_write
 from ..errors import CheckpointError
 from ..folder.fingerprint import hash_file
-from ..folder.layout import MANIFEST_NAME, SIGNATURE_NAME
+from ..folder.layout import MANIFEST_NAME, SIGNATURE_NAME, check_folder
+from .signing import check_signature, generate_keypair, load_private_key, load_public_key, sign
 
 logger = logging.getLogger("embedkit")
 
@@ -37,7 +36,6 @@ MANIFEST_FORMAT = "embedkit-manifest/1"
 
 _PROGRESS_MIN_BYTES = 256 << 20
 _MANIFEST_HINT = "write one with `embedkit manifest DIR` (only if you trust the folder's current content)"
-_KEYGEN_HINT = "create a key pair with `embedkit keygen KEYFILE` (writes KEYFILE and KEYFILE.pub)"
 
 SIGNATURE_STATES = ("valid", "invalid", "missing", "not checked")
 
@@ -103,7 +101,7 @@ def write_manifest(folder: str | os.PathLike[str], sign_key: str | os.PathLike[s
     data = manifest_bytes(manifest)
     path = root / MANIFEST_NAME
     sig_path = root / SIGNATURE_NAME
-    signature = base64.b64encode(key.sign(data)).decode("ascii") + "\n" if key is not None else None
+    signature = sign(data, key) if key is not None else None
     _remove_signature(sig_path, replaced=key is not None)
     with atomic_write(path, "wb") as fh:
         fh.write(data)
@@ -207,7 +205,7 @@ def verify_manifest(folder: str | os.PathLike[str], public_key: str | os.PathLik
     report = VerifyReport(ok=False, checked=len(files), signature_present=os.path.lexists(sig_path))
 
     if key is not None:
-        report.signature = _check_signature(sig_path, data, key)
+        report.signature = check_signature(sig_path, data, key)
         if report.signature == "missing":
             report.problems.append(f"signature: missing (no {SIGNATURE_NAME})")
         elif report.signature == "invalid":
@@ -218,31 +216,7 @@ def verify_manifest(folder: str | os.PathLike[str], public_key: str | os.PathLik
     listed = [n for n in files if n in present]
     with _progress(root, listed, show_progress, "Verifying") as bar:
         for name, entry in files.items():
-            file = root / name
-            if name not in present:
-                blocker = _non_regular_blocker(name, others)
-                if blocker is None:
-                    report.missing.append(name)
-                    report.problems.append(f"missing: {name}")
-                else:
-                    report.modified.append(name)
-                    report.problems.append(f"modified: {name} ({blocker}; not followed)")
-                continue
-            size = file.lstat().st_size
-            if size != entry["size"]:
-                report.modified.append(name)
-                report.problems.append(f"modified: {name} (size {entry['size']} -> {size} bytes)")
-                bar.update(size)
-                continue
-            try:
-                digest, _ = hash_file(file, bar, follow_symlinks=False)
-            except OSError as exc:  # replaced by a link (O_NOFOLLOW) or removed while hashing
-                report.modified.append(name)
-                report.problems.append(f"modified: {name} (cannot be read as a regular file: {exc.strerror})")
-                continue
-            if digest != entry["sha256"]:
-                report.modified.append(name)
-                report.problems.append(f"modified: {name} (sha256 differs)")
+            _check_listed_file(report, root, name, entry, present, others, bar)
     for name in sorted(present - set(files)):
         report.extra.append(name)
         report.problems.append(f"extra: {name} (not in the manifest)")
@@ -253,6 +227,36 @@ def verify_manifest(folder: str | os.PathLike[str], public_key: str | os.PathLik
         report.problems.append(f"extra: {name} ({kind}, not in the manifest; not followed)")
     report.ok = not report.problems
     return report
+
+
+def _check_listed_file(report: VerifyReport, root: Path, name: str, entry: dict[str, Any], present: set[str],
+                       others: dict[str, str], bar: Any) -> None:
+    """Compare one file the manifest lists (size, then sha256) and record what is wrong with it in ``report``."""
+    file = root / name
+    if name not in present:
+        blocker = _non_regular_blocker(name, others)
+        if blocker is None:
+            report.missing.append(name)
+            report.problems.append(f"missing: {name}")
+        else:
+            report.modified.append(name)
+            report.problems.append(f"modified: {name} ({blocker}; not followed)")
+        return
+    size = file.lstat().st_size
+    if size != entry["size"]:
+        report.modified.append(name)
+        report.problems.append(f"modified: {name} (size {entry['size']} -> {size} bytes)")
+        bar.update(size)
+        return
+    try:
+        digest, _ = hash_file(file, bar, follow_symlinks=False)
+    except OSError as exc:  # replaced by a link (O_NOFOLLOW) or removed while hashing
+        report.modified.append(name)
+        report.problems.append(f"modified: {name} (cannot be read as a regular file: {exc.strerror})")
+        return
+    if digest != entry["sha256"]:
+        report.modified.append(name)
+        report.problems.append(f"modified: {name} (sha256 differs)")
 
 
 def _non_regular_blocker(name: str, others: dict[str, str]) -> str | None:
@@ -288,145 +292,10 @@ def _parse_manifest(path: Path, data: bytes) -> dict[str, dict[str, Any]]:
     return files
 
 
-def _check_signature(sig_path: Path, data: bytes, key: Any) -> str:
-    from cryptography.exceptions import InvalidSignature
-
-    if sig_path.is_symlink():
-        return "invalid"  # never read through a link
-    if not sig_path.is_file():
-        return "missing"
-    try:
-        signature = base64.b64decode(sig_path.read_text(encoding="ascii").strip(), validate=True)
-        key.verify(signature, data)
-    except (InvalidSignature, binascii.Error, UnicodeDecodeError, ValueError):
-        return "invalid"
-    return "valid"
-
-
-# ---------------------------------------------------------------------- keys
-def generate_keypair(out: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Create an ed25519 key pair: private key PEM (PKCS8, unencrypted, mode 0600) at ``out``, public key PEM at
-    ``out + ".pub"``. Refuses to overwrite either file. Returns ``(private_path, public_path)``.
-
-    Example:
-        >>> generate_keypair("release.key")
-        (PosixPath('release.key'), PosixPath('release.key.pub'))
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    private_path = Path(out)
-    public_path = Path(f"{private_path}.pub")
-    for p in (private_path, public_path):
-        if p.exists():
-            raise CheckpointError(f"{p} already exists; not overwriting a key",
-                                  hint="choose another path, or delete the old key pair first if you really mean it")
-    key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                               serialization.PublicFormat.SubjectPublicKeyInfo)
-    with atomic_write(private_path, "wb") as fh:  # created 0600 (mkstemp): never readable by others
-        fh.write(private_pem)
-    os.chmod(private_path, 0o600)
-    with atomic_write(public_path, "wb") as fh:
-        fh.write(public_pem)
-    os.chmod(public_path, 0o644)
-    logger.debug("wrote %s (private, keep it secret) and %s (public)", private_path, public_path)
-    return private_path, public_path
-
-
-def load_private_key(path: str | os.PathLike[str]) -> Any:
-    """Read an ed25519 private key (PEM PKCS8 as written by :func:`generate_keypair`, or OpenSSH format).
-
-    Raises :class:`CheckpointError` naming the file when it is missing, encrypted, not a key, or not ed25519.
-
-    Example:
-        >>> key = load_private_key("release.key")
-    """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    path = Path(path)
-    data = _read_key_file(path, "private")
-    try:
-        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
-            key = serialization.load_ssh_private_key(data, password=None)
-        else:
-            key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise CheckpointError(f"{path} is an encrypted private key; embedkit needs an unencrypted one",
-                              hint=_KEYGEN_HINT) from None
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        what = "a public key, not a private key" if b"PUBLIC KEY" in data or data.startswith(b"ssh-") \
-            else "not a PEM private key"
-        raise CheckpointError(f"{path} is {what} ({_first_line(exc)})", hint=_KEYGEN_HINT) from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise CheckpointError(f"{path} holds a {_key_kind(key)} key; manifests are signed with ed25519 keys only",
-                              hint=_KEYGEN_HINT)
-    return key
-
-
-def load_public_key(path: str | os.PathLike[str]) -> Any:
-    """Read an ed25519 public key (PEM as written by :func:`generate_keypair`, or an ``ssh-ed25519`` line).
-
-    Raises :class:`CheckpointError` naming the file when it is missing, not a public key, or not ed25519.
-
-    Example:
-        >>> key = load_public_key("release.key.pub")
-    """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    path = Path(path)
-    data = _read_key_file(path, "public")
-    try:
-        if data.lstrip().startswith(b"ssh-"):
-            key = serialization.load_ssh_public_key(data.strip())
-        else:
-            key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        if b"PRIVATE KEY" in data:
-            raise CheckpointError(f"{path} is a private key; verify with the public key",
-                                  hint=f"pass {path}.pub (written next to it by `embedkit keygen`), and keep the "
-                                  "private key out of the places you verify from") from None
-        raise CheckpointError(f"{path} is not a PEM public key ({_first_line(exc)})", hint=_KEYGEN_HINT) from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise CheckpointError(f"{path} holds a {_key_kind(key)} key; manifests are signed with ed25519 keys only",
-                              hint=_KEYGEN_HINT)
-    return key
-
-
-def _read_key_file(path: Path, kind: str) -> bytes:
-    if not path.exists():
-        raise CheckpointError(f"{kind} key file {path} does not exist", hint=_KEYGEN_HINT)
-    if not path.is_file():
-        raise CheckpointError(f"{kind} key file {path} is not a file", hint=_KEYGEN_HINT)
-    data = path.read_bytes()
-    if len(data) > 1 << 20:
-        raise CheckpointError(f"{path} is too large to be a {kind} key file", hint=_KEYGEN_HINT)
-    return data
-
-
-def _key_kind(key: Any) -> str:
-    return type(key).__name__.removesuffix("PrivateKey").removesuffix("PublicKey") or type(key).__name__
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0][:200] if lines else type(exc).__name__
-
-
 # ---------------------------------------------------------------------- files
 def _check_folder(folder: str | os.PathLike[str]) -> Path:
-    root = Path(folder).expanduser()
-    if not root.exists():
-        raise CheckpointError(f"no folder at {root}", hint="pass the model folder (e.g. the one `embedkit save` wrote)")
-    if not root.is_dir():
-        raise CheckpointError(f"{root} is a file, not a folder", hint="pass the model folder, not one of its files")
-    return root
+    return check_folder(folder, missing_hint="pass the model folder (e.g. the one `embedkit save` wrote)",
+                        file_hint="pass the model folder, not one of its files")
 
 
 def _scan(root: Path) -> tuple[list[str], dict[str, str]]:

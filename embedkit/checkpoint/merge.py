@@ -19,7 +19,15 @@ import numpy as np
 
 from .._optional import require
 from ..errors import CheckpointError, DataError
-from ..folder.layout import check_destination, check_model_folder, find_tokenizer_files
+from ..folder.layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    check_destination,
+    check_folder,
+    check_model_folder,
+    find_adapter_weights,
+    find_tokenizer_files,
+)
 from ..folder.loading import load_model, load_tokenizer
 from ..folder.safe_load import load_state_dict
 from ..models import resolve_model_path
@@ -29,8 +37,8 @@ from .save import save
 
 logger = logging.getLogger("embedkit")
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+_ADAPTER_HINT = "pass the folder written by `embedkit finetune --lora` (OUTPUT/adapter) or by peft's save_pretrained"
+
 
 @dataclass
 class MergeReport:
@@ -75,21 +83,15 @@ def _import_peft() -> Any:
 
 def read_adapter_config(adapter: Path) -> dict[str, Any]:
     """Check that ``adapter`` is a peft adapter folder and return its ``adapter_config.json``."""
-    if not adapter.exists():
-        raise CheckpointError(f"no adapter folder at {str(adapter)!r} (tried {adapter.resolve()})",
-                              hint="pass the folder written by `embedkit finetune --lora` (OUTPUT/adapter) or by "
-                              "peft's save_pretrained")
-    if not adapter.is_dir():
-        raise CheckpointError(f"{adapter} is a file, not an adapter folder",
-                              hint=f"pass the folder that holds {ADAPTER_CONFIG} and the adapter weights")
+    check_folder(adapter, what="adapter folder", missing_hint=_ADAPTER_HINT,
+                 file_hint=f"pass the folder that holds {ADAPTER_CONFIG} and the adapter weights")
     cfg_path = adapter / ADAPTER_CONFIG
     if not cfg_path.is_file():
         full_model = (adapter / "config.json").is_file()
         raise CheckpointError(
             f"{adapter} has no {ADAPTER_CONFIG}: it is not a LoRA adapter folder"
             + (" (it looks like a full model)" if full_model else ""),
-            hint="a full model needs no merge: use `embedkit save` on it" if full_model else
-            "pass the folder written by `embedkit finetune --lora` (OUTPUT/adapter) or by peft's save_pretrained",
+            hint="a full model needs no merge: use `embedkit save` on it" if full_model else _ADAPTER_HINT,
         )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -97,7 +99,7 @@ def read_adapter_config(adapter: Path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg_path}: not valid JSON ({exc})", hint="the adapter folder is damaged") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object", hint="the adapter folder is damaged")
-    if not any((adapter / name).is_file() for name in ADAPTER_WEIGHTS):
+    if not find_adapter_weights(adapter):
         raise CheckpointError(f"{adapter} has no adapter weights ({' / '.join(ADAPTER_WEIGHTS)})",
                               hint="the adapter folder is incomplete: save it again with save_pretrained")
     return cfg
@@ -159,8 +161,7 @@ def _check_every_adapter_tensor_loaded(peft_model: Any, adapter: Path, base: Pat
     """peft ignores adapter tensors that have no place in the base (e.g. layers it lacks): refuse that."""
     from peft import get_peft_model_state_dict
 
-
-    weights = next(adapter / name for name in ADAPTER_WEIGHTS if (adapter / name).is_file())
+    weights = find_adapter_weights(adapter)[0]
     saved = set(load_state_dict(weights))
     placed = set(get_peft_model_state_dict(peft_model))
     unplaced, missing = sorted(saved - placed), sorted(placed - saved)
@@ -258,9 +259,6 @@ def merge_lora(
         True
     """
     _import_peft()
-    from peft import PeftModel
-
-
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise CheckpointError(f"tolerance must be a number >= 0, got {tolerance!r}", hint="e.g. tolerance=1e-4")
     sample = _check_texts(texts)
@@ -271,12 +269,26 @@ def merge_lora(
     dst = Path(dst)
     _check_paths(dst, base_dir, adapter_dir, overwrite)
 
+    peft_model, spec, tokenizer = _attach_adapter(base_dir, adapter_dir, lora, trust_pickle=trust_pickle)
+    merged, diff, base_diff = _merge_verified(peft_model, tokenizer, spec, sample, tolerance, base_dir, adapter_dir,
+                                              dst)
+    report = MergeReport(path=dst, base=base_dir, adapter=adapter_dir, spec=spec, max_abs_diff=diff,
+                         num_texts=len(sample), tolerance=float(tolerance), base_max_abs_diff=base_diff, lora=lora)
+    report.files = _save_merged(merged, tokenizer, report, overwrite=overwrite)
+    logger.debug("merged %s + %s -> %s: %s", base_dir, adapter_dir, dst, report.verification)
+    return report
+
+
+def _attach_adapter(base_dir: Path, adapter_dir: Path, lora: dict[str, Any], *,
+                    trust_pickle: bool) -> tuple[Any, EmbedderSpec, Any]:
+    """Load the base (offline, no untrusted pickle) with the adapter attached through peft, every adapter tensor
+    in its place; with the merged model's spec and tokenizer (the adapter folder's when it has one)."""
+    from peft import PeftModel
+
     model = load_model(base_dir, trust_pickle=trust_pickle)
-    base_config = model.config.to_dict()
-    spec = merged_spec(base_dir, adapter_dir, base_config)
+    spec = merged_spec(base_dir, adapter_dir, model.config.to_dict())
     tok_dir = adapter_dir if find_tokenizer_files(adapter_dir) else base_dir
     tokenizer = load_tokenizer(tok_dir)
-
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False, local_files_only=True)
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -286,7 +298,13 @@ def merge_lora(
                               hint="the adapter folder is damaged or incomplete: export it again") from None
     _check_every_adapter_tensor_loaded(peft_model, adapter_dir, base_dir, lora)
     peft_model.eval()
+    return peft_model, spec, tokenizer
 
+
+def _merge_verified(peft_model: Any, tokenizer: Any, spec: EmbedderSpec, sample: list[str], tolerance: float,
+                    base_dir: Path, adapter_dir: Path, dst: Path) -> tuple[Any, float, float]:
+    """``merge_and_unload`` and check the merged model encodes ``sample`` like the adapter model (unmerged):
+    ``(merged model, max abs diff merged vs adapter, max abs diff adapter vs base)``."""
     adapter_vecs = _encode_both(peft_model, tokenizer, spec, sample)
     with peft_model.disable_adapter():
         base_vecs = _encode_both(peft_model, tokenizer, spec, sample)
@@ -310,20 +328,22 @@ def merge_lora(
             hint="check that the adapter is a plain LoRA adapter peft can merge; if the difference is only "
             "numerical (e.g. half-precision weights), pass a larger --tolerance",
         )
+    return merged, diff, base_diff
 
-    report = MergeReport(path=dst, base=base_dir, adapter=adapter_dir, spec=spec, max_abs_diff=diff,
-                         num_texts=len(sample), tolerance=float(tolerance), base_max_abs_diff=base_diff, lora=lora)
+
+def _save_merged(merged: Any, tokenizer: Any, report: MergeReport, *, overwrite: bool) -> list[str]:
+    """Save the verified merged model with its spec and a model card naming base, adapter and the check."""
+    lora = report.lora
     card = {
-        "base_model": str(base_dir),
-        "training": {"LoRA adapter": f"`{adapter_dir}`", "r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"),
+        "base_model": str(report.base),
+        "training": {"LoRA adapter": f"`{report.adapter}`", "r": lora.get("r"), "lora_alpha": lora.get("lora_alpha"),
                      "target modules": lora.get("target_modules")},
-        "notes": [f"merged from the base model `{base_dir}` and the LoRA adapter `{adapter_dir}`; verified before "
-                  f"saving: {report.verification}; it differs from the base model's by up to {base_diff:.3g}"],
+        "notes": [f"merged from the base model `{report.base}` and the LoRA adapter `{report.adapter}`; verified "
+                  f"before saving: {report.verification}; it differs from the base model's by up to "
+                  f"{report.base_max_abs_diff:.3g}"],
     }
-    result = save(merged, dst, spec=spec, tokenizer=tokenizer, overwrite=overwrite, card=card)
-    report.files = result.files
-    logger.debug("merged %s + %s -> %s: %s", base_dir, adapter_dir, dst, report.verification)
-    return report
+    result = save(merged, report.path, spec=report.spec, tokenizer=tokenizer, overwrite=overwrite, card=card)
+    return result.files
 
 
-__all__ = ["MergeReport", "merge_lora", "merged_spec", "read_adapter_config"]
+__all__ = ["MergeReport", "merge_lora", "merged_spec", "read_adapter_config", "ADAPTER_CONFIG", "ADAPTER_WEIGHTS"]

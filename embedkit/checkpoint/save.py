@@ -133,6 +133,49 @@ def save(
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
     torch_dtype = _torch_dtype(dtype)
+    model, tokenizer, src = _load_source(model_or_path, dst, tokenizer, overwrite=overwrite, trust_pickle=trust_pickle)
+    hidden_size = int(model.config.hidden_size)
+    config_dict = model.config.to_dict()
+    if spec is None:
+        spec = resolve_spec(src or Path(str(dst)), spec_overrides, config=config_dict,
+                            model_max_length=model_token_limit(src) if src else None, hidden_size=hidden_size)
+    else:
+        spec = _apply_overrides(spec, spec_overrides)
+    spec.validate(hidden_size=hidden_size)
+
+    if torch_dtype is not None and model.dtype != torch_dtype:
+        model = (model if src is not None else copy.deepcopy(model)).to(torch_dtype)
+    warnings: list[str] = []
+    notes: list[str] = []
+    dst = Path(dst)
+
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
+        state_dict = _write_model_files(tmp, model, tokenizer, format)
+        if m3_heads is not None:
+            _write_given_m3_heads(m3_heads, tmp, hidden_size)
+        elif src is not None:
+            _write_m3_heads(src, tmp, hidden_size, trust_pickle=trust_pickle)
+        wrote_st = False
+        if sentence_transformers:
+            wrote_st = _write_st_layout(tmp, spec, hidden_size, warnings)
+            if wrote_st and spec.query_max_length != spec.passage_max_length:
+                notes.append(st_length_note(spec))
+        _write_card(tmp, model, spec, config_dict, name=dst.name, src=src, card=card, notes=notes + warnings)
+        check_model_folder(tmp)
+        _verify_weights(tmp, state_dict)
+        write_manifest(tmp, sign_key=sign_key)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    for note in notes:
+        logger.info("%s", note)
+    for w in warnings:
+        logger.warning("%s", w)
+    return SaveResult(path=dst, spec=spec, files=files, sentence_transformers=wrote_st, warnings=warnings)
+
+
+def _load_source(model_or_path: Any, dst: str | Path, tokenizer: Any, *, overwrite: bool,
+                 trust_pickle: bool) -> tuple[Any, Any, Path | None]:
+    """``(model, tokenizer, source folder or None)`` after checking the source, the tokenizer and ``dst`` (which
+    must not hold, or be held by, an input)."""
     src: Path | None = None
     if isinstance(model_or_path, (str, Path)):
         src = resolve_model_path(model_or_path)
@@ -155,62 +198,38 @@ def save(
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(resolve_model_path(tokenizer),
                                    hint="pass --tokenizer BASE_MODEL_DIR (training checkpoints often lack it)")
+    return model, tokenizer, src
 
-    hidden_size = int(model.config.hidden_size)
-    config_dict = model.config.to_dict()
-    if spec is None:
-        spec = resolve_spec(src or Path(str(dst)), spec_overrides, config=config_dict,
-                            model_max_length=model_token_limit(src) if src else None, hidden_size=hidden_size)
-    else:
-        spec = _apply_overrides(spec, spec_overrides)
-    spec.validate(hidden_size=hidden_size)
 
-    if torch_dtype is not None and model.dtype != torch_dtype:
-        model = (model if src is not None else copy.deepcopy(model)).to(torch_dtype)
-    warnings: list[str] = []
-    dst = Path(dst)
+def _write_model_files(tmp: Path, model: Any, tokenizer: Any, format: str) -> dict[str, Any]:
+    """The Hugging Face files (config, weights in ``format``, tokenizer) into ``tmp``; return the state dict."""
+    model.save_pretrained(str(tmp))
+    state_dict = model.state_dict()
+    if format in ("bin", "both"):
+        write_bin(state_dict, tmp / "pytorch_model.bin")
+    if format == "bin":
+        for f in find_weight_files(tmp):
+            if ".safetensors" in f.name:
+                f.unlink()
+    tokenizer.save_pretrained(str(tmp))
+    return state_dict
 
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
-        model.save_pretrained(str(tmp))
-        state_dict = model.state_dict()
-        if format in ("bin", "both"):
-            write_bin(state_dict, tmp / "pytorch_model.bin")
-        if format == "bin":
-            for f in find_weight_files(tmp):
-                if ".safetensors" in f.name:
-                    f.unlink()
-        tokenizer.save_pretrained(str(tmp))
-        if m3_heads is not None:
-            _write_given_m3_heads(m3_heads, tmp, hidden_size)
-        elif src is not None:
-            _write_m3_heads(src, tmp, hidden_size, trust_pickle=trust_pickle)
-        wrote_st = False
-        notes: list[str] = []
-        if sentence_transformers:
-            wrote_st = _write_st_layout(tmp, spec, hidden_size, warnings)
-            if wrote_st and spec.query_max_length != spec.passage_max_length:
-                notes.append(st_length_note(spec))
-        card_info = dict(card or {})
-        base_model = card_info.pop("base_model", None) or config_dict.get("_name_or_path") or None
-        text = model_card(
-            spec, name=dst.name, source=str(src) if src else None,
-            base_model=model_display_name(base_model) if base_model else None,
-            architecture=(config_dict.get("architectures") or [type(model).__name__])[0],
-            dtype=str(model.dtype).replace("torch.", ""), num_parameters=sum(p.numel() for p in model.parameters()),
-            training=card_info.get("training"), metrics=card_info.get("metrics"),
-            notes=(card_info.get("notes") or []) + notes + warnings,
-        )
-        with atomic_write(tmp / "README.md", "w") as fh:
-            fh.write(text)
-        check_model_folder(tmp)
-        _verify_weights(tmp, state_dict)
-        write_manifest(tmp, sign_key=sign_key)
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
-    for note in notes:
-        logger.info("%s", note)
-    for w in warnings:
-        logger.warning("%s", w)
-    return SaveResult(path=dst, spec=spec, files=files, sentence_transformers=wrote_st, warnings=warnings)
+
+def _write_card(tmp: Path, model: Any, spec: EmbedderSpec, config_dict: dict[str, Any], *, name: str,
+                src: Path | None, card: dict[str, Any] | None, notes: list[str]) -> None:
+    """The ``README.md`` model card: spec, base model, architecture, size, training / metrics / notes."""
+    card_info = dict(card or {})
+    base_model = card_info.pop("base_model", None) or config_dict.get("_name_or_path") or None
+    text = model_card(
+        spec, name=name, source=str(src) if src else None,
+        base_model=model_display_name(base_model) if base_model else None,
+        architecture=(config_dict.get("architectures") or [type(model).__name__])[0],
+        dtype=str(model.dtype).replace("torch.", ""), num_parameters=sum(p.numel() for p in model.parameters()),
+        training=card_info.get("training"), metrics=card_info.get("metrics"),
+        notes=(card_info.get("notes") or []) + notes,
+    )
+    with atomic_write(tmp / "README.md", "w") as fh:
+        fh.write(text)
 
 
 def _write_m3_heads(src: Path, folder: Path, hidden_size: int, *, trust_pickle: bool = False) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from .._io import atomic_dir
 from ..errors import CheckpointError
 from ..folder.layout import (
+    ADAPTER_CONFIG,
     MANIFEST,
     MODEL_CARD,
     SENTENCE_TRANSFORMERS,
@@ -90,7 +91,7 @@ def slim(checkpoint: str | Path, dst: str | Path, *, tokenizer: str | Path | Non
     has_weights = bool(find_weight_files(src))
     has_zero = any(classify_file(f) == ZERO_SHARDS for f in files)
     if not has_weights and not has_zero:
-        adapter = (src / "adapter_config.json").is_file()
+        adapter = (src / ADAPTER_CONFIG).is_file()
         raise CheckpointError(
             f"{src} holds no model weights" + (" (it is a LoRA adapter)" if adapter else ""),
             hint="merge the adapter first: `embedkit merge BASE ADAPTER OUT`" if adapter

@@ -24,6 +24,7 @@ import torch
 from .. import pooling
 from .._io import atomic_dir, atomic_write
 from .._optional import require
+from ..batching import pad_features, pad_token_id, tokenize
 from ..checkpoint.manifest import write_manifest
 from ..embedder import Embedder
 from ..errors import CheckpointError, EmbedkitError
@@ -120,11 +121,14 @@ def _session(path: Path) -> Any:
 
 def _feeds(tokenizer: Any, texts: list[str], max_length: int, names: list[str]) -> list[dict[str, np.ndarray]]:
     """Varied shapes: a batch of 1 (shortest), all texts together (longest padded), and odd-size batches."""
-    groups = [texts[:1], texts, texts[1:8], texts[-5:]]
+    features = tokenize(tokenizer, texts, max_length)  # the features stage: truncated, unpadded
+    pad_id, side = pad_token_id(tokenizer), getattr(tokenizer, "padding_side", "right")
+    n = len(texts)
+    groups = [range(min(1, n)), range(n), range(1, min(8, n)), range(max(n - 5, 0), n)]  # [:1], [:], [1:8], [-5:]
     out = []
-    for group in groups:
-        enc = tokenizer(group, padding=True, truncation=True, max_length=max_length, return_tensors="np")
-        out.append({n: enc[n].astype(np.int64) for n in names})
+    for rows in groups:
+        padded = pad_features(features, np.asarray(rows, dtype=np.int64), pad_id, side)
+        out.append({name: padded[name].astype(np.int64) for name in names})
     return out
 
 
@@ -193,6 +197,59 @@ def quantize_int8(fp32_path: Path, out_path: Path, reference: np.ndarray, feed: 
     return {"kept": False, "tried": tried, "min_cosine_gate": min_cosine, "min_cosine_floor": min_cosine_floor}
 
 
+def _sample_texts(calibration: str | Path | None) -> tuple[list[str], int]:
+    """The texts of the parity check and the int8 gate: the built-in varied sample, plus the new lines of the
+    ``calibration`` file (added to it, never instead of it); and how many were added."""
+    texts = list(SAMPLE_TEXTS)
+    if calibration is None:
+        return texts, 0
+    builtin = set(texts)
+    added = [t for t in read_texts(calibration, what="calibration file") if t.strip() and t not in builtin]
+    texts += list(dict.fromkeys(added))
+    return texts, len(texts) - len(builtin)
+
+
+def _copy_inference_files(src: Path, tmp: Path) -> None:
+    """The model's inference files (weights, config, tokenizer, sentence-transformers layout, card) into ``tmp``."""
+    for rel in list_files(src):
+        if classify_file(rel) in INFERENCE_CLASSES:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, tmp / rel)
+    for rel in ("2_Normalize",):
+        if (src / rel).is_dir():
+            (tmp / rel).mkdir(exist_ok=True)
+
+
+def _check_parity(session: Any, reference: Embedder, spec: EmbedderSpec, feeds: list[dict[str, np.ndarray]]) -> float:
+    """The largest abs difference between the exported graph and PyTorch over ``feeds`` (varied shapes: batch 1 ..
+    all texts, short .. max length); :class:`CheckpointError` above 1e-4."""
+    worst = 0.0
+    for feed in feeds:
+        with torch.no_grad():
+            hidden, mask = reference.backend.forward(feed)
+            ref = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim).numpy()
+        worst = max(worst, compare(session.run(None, feed)[0], ref).max_abs_diff)
+    if worst > 1e-4:
+        raise CheckpointError(f"the exported graph differs from PyTorch (max abs diff {worst:.2e})",
+                              hint="please report this model type as an embedkit bug")
+    return worst
+
+
+def _write_export_info(tmp: Path, src: Path, *, opset: int, names: list[str], dim: int, spec: EmbedderSpec,
+                       worst: float, num_texts: int, int8: dict[str, Any] | None) -> None:
+    """``onnx/export.json``: opset, inputs, spec, source weight hashes, file hashes, measured parity, int8."""
+    files = [f for f in (TRANSFORMER_FILE, EMBEDDER_FILE, EMBEDDER_INT8_FILE) if (tmp / f).is_file()]
+    info = {
+        "format": "embedkit-onnx/1", "source": str(src), "opset": opset, "exporter": "torch.onnx (torchscript)",
+        "inputs": names, "outputs": {TRANSFORMER_FILE: "last_hidden_state", EMBEDDER_FILE: "sentence_embedding"},
+        "dim": dim, "spec": spec.to_dict(), "source_weights": weights_fingerprint(src),
+        "files": {f: sha256_file(tmp / f) for f in files},
+        "parity": {"max_abs_diff_vs_torch": worst, "texts": num_texts}, "int8": int8,
+    }
+    with atomic_write(tmp / EXPORT_INFO_FILE, "w") as fh:
+        fh.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+
+
 def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSET, quantize: str | None = None,
                 min_cosine: float = 0.99, min_cosine_floor: float = 0.95, calibration: str | Path | None = None,
                 overwrite: bool = False, trust_pickle: bool = False) -> ExportReport:
@@ -217,13 +274,7 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     tokenizer = load_tokenizer(src)
     encoder = load_model(src, trust_pickle=trust_pickle).float().eval()
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
-    texts = list(SAMPLE_TEXTS)  # the whole varied sample, for the parity check and the int8 gate alike
-    n_added = 0
-    if calibration is not None:  # added to the built-in varied sample, never instead of it
-        builtin = set(texts)
-        added = [t for t in read_texts(calibration, what="calibration file") if t.strip() and t not in builtin]
-        texts += list(dict.fromkeys(added))
-        n_added = len(texts) - len(builtin)
+    texts, n_added = _sample_texts(calibration)
     max_length = max(spec.query_max_length, spec.passage_max_length)
     sample = tokenizer(["a short one", "and a slightly longer second sentence"], padding=True,
                        return_tensors="pt")
@@ -231,44 +282,19 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     reference = Embedder.from_model(encoder, tokenizer, spec)
 
     with atomic_dir(dst, overwrite=overwrite) as tmp:
-        for rel in list_files(src):
-            if classify_file(rel) in INFERENCE_CLASSES:
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / rel, tmp / rel)
-        for rel in ("2_Normalize",):
-            if (src / rel).is_dir():
-                (tmp / rel).mkdir(exist_ok=True)
+        _copy_inference_files(src, tmp)
         _export(TransformerGraph(encoder), sample, tmp / TRANSFORMER_FILE, "last_hidden_state", opset)
         _export(EmbedderGraph(encoder, spec), sample, tmp / EMBEDDER_FILE, "sentence_embedding", opset)
-
-        # parity with PyTorch on varied shapes (batch 1 .. all texts, short .. max length)
         session = _session(tmp / EMBEDDER_FILE)
-        worst = 0.0
-        for feed in _feeds(tokenizer, texts, max_length, names):
-            with torch.no_grad():
-                hidden, mask = reference.backend.forward(feed)
-                ref = pooling.embed(hidden, mask, spec.pooling, spec.normalize, spec.truncate_dim).numpy()
-            worst = max(worst, compare(session.run(None, feed)[0], ref).max_abs_diff)
-        if worst > 1e-4:
-            raise CheckpointError(f"the exported graph differs from PyTorch (max abs diff {worst:.2e})",
-                                  hint="please report this model type as an embedkit bug")
-
+        worst = _check_parity(session, reference, spec, _feeds(tokenizer, texts, max_length, names))
         int8 = None
         if quantize == "int8":
             feed = _feeds(tokenizer, texts, max_length, names)[1]
             int8 = quantize_int8(tmp / EMBEDDER_FILE, tmp / EMBEDDER_INT8_FILE, session.run(None, feed)[0], feed,
                                  min_cosine=min_cosine, min_cosine_floor=min_cosine_floor)
             int8["calibration_texts"] = n_added  # the rest of "texts" is the built-in sample
-        files = [f for f in (TRANSFORMER_FILE, EMBEDDER_FILE, EMBEDDER_INT8_FILE) if (tmp / f).is_file()]
-        info = {
-            "format": "embedkit-onnx/1", "source": str(src), "opset": opset, "exporter": "torch.onnx (torchscript)",
-            "inputs": names, "outputs": {TRANSFORMER_FILE: "last_hidden_state", EMBEDDER_FILE: "sentence_embedding"},
-            "dim": reference.dim, "spec": spec.to_dict(), "source_weights": weights_fingerprint(src),
-            "files": {f: sha256_file(tmp / f) for f in files},
-            "parity": {"max_abs_diff_vs_torch": worst, "texts": len(texts)}, "int8": int8,
-        }
-        with atomic_write(tmp / EXPORT_INFO_FILE, "w") as fh:
-            fh.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        _write_export_info(tmp, src, opset=opset, names=names, dim=reference.dim, spec=spec, worst=worst,
+                           num_texts=len(texts), int8=int8)
         write_manifest(tmp)
         all_files = list_files(tmp)
     if int8 is not None and not int8["kept"]:

@@ -20,6 +20,11 @@ from .m3_heads import HEAD_NAMES, HEAD_SUFFIXES
 MANIFEST_NAME = "embedkit-manifest.json"
 SIGNATURE_NAME = "embedkit-manifest.sig"
 
+ADAPTER_CONFIG = "adapter_config.json"
+"""The config file of a LoRA / PEFT adapter folder (peft's ``save_pretrained``)."""
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+"""The weight files of a LoRA / PEFT adapter folder, in the order peft prefers them."""
+
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -58,6 +63,30 @@ def weight_files_with_shards(folder: Path) -> list[Path]:
 def find_tokenizer_files(folder: Path) -> list[Path]:
     """The files a tokenizer can be built from."""
     return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+
+
+def find_adapter_weights(folder: Path) -> list[Path]:
+    """The LoRA / PEFT adapter weight files of ``folder`` (:data:`ADAPTER_WEIGHTS` present), preferred first."""
+    return [folder / n for n in ADAPTER_WEIGHTS if (folder / n).is_file()]
+
+
+def check_folder(path: str | Path, *, what: str = "folder", detail: str = "", missing_hint: str,
+                 file_hint: str) -> Path:
+    """``path`` (``~`` expanded) when it is an existing folder; else :class:`CheckpointError`: ``no WHAT at 'PATH'
+    (tried ABSOLUTE)DETAIL`` with ``missing_hint``, or ``PATH is a file, not a WHAT`` with ``file_hint``.
+
+    Example:
+        >>> check_folder("minilm-typo", what="model folder", missing_hint="check the path", file_hint="...")
+        Traceback (most recent call last):
+        embedkit.errors.CheckpointError: no model folder at 'minilm-typo' (tried /home/me/minilm-typo)
+    """
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise CheckpointError(f"no {what} at {str(path)!r} (tried {folder.resolve()}){detail}", hint=missing_hint)
+    if not folder.is_dir():
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise CheckpointError(f"{folder} is a file, not {article} {what}", hint=file_hint)
+    return folder
 
 
 # ---------------------------------------------------------------------- reading the folder's JSON files
@@ -247,20 +276,14 @@ def check_model_folder(path: str | Path) -> Path:
     leave the folder or name unreadable configs (:func:`check_st_modules`).
     embedkit works offline: a hub id such as ``BAAI/bge-small-en-v1.5`` is never downloaded.
     """
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise CheckpointError(
-            f"no model folder at {str(path)!r} (tried {folder.resolve()}); embedkit works offline and loads "
-            "local folders only, it never downloads from a hub",
-            hint="pass the path of a folder holding config.json, the weights and the tokenizer "
-            "(download it once elsewhere, e.g. `huggingface-cli download NAME --local-dir DIR`), "
-            "or the alias 'minilm' for the bundled all-MiniLM-L6-v2",
-        )
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"{folder} is a file, not a model folder",
-            hint="pass the folder that holds config.json, the weights and the tokenizer files",
-        )
+    folder = check_folder(
+        path, what="model folder",
+        detail="; embedkit works offline and loads local folders only, it never downloads from a hub",
+        missing_hint="pass the path of a folder holding config.json, the weights and the tokenizer "
+        "(download it once elsewhere, e.g. `huggingface-cli download NAME --local-dir DIR`), "
+        "or the alias 'minilm' for the bundled all-MiniLM-L6-v2",
+        file_hint="pass the folder that holds config.json, the weights and the tokenizer files",
+    )
     missing = []
     if not (folder / "config.json").is_file():
         missing.append("config.json")

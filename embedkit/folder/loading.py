@@ -152,9 +152,17 @@ def _quiet_loading_bar() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
+def _model_class(auto_class: Any, config: Any) -> Any:
+    """The concrete class ``auto_class`` builds for ``config`` (found on the meta device: no memory, no init)."""
+    import torch
+
+    with torch.device("meta"):
+        return type(auto_class.from_config(config))
+
+
 def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = False, device: Any = None,
                auto_class: Any = None, ignorable_missing: tuple[str, ...] = _IGNORABLE_MISSING,
-               what: str = "model") -> Any:
+               what: str = "model", state_dict: dict[str, Any] | None = None) -> Any:
     """Load ``auto_class`` (default ``AutoModel``) from ``path`` offline; refuse pickle and silently random weights.
 
     Raises :class:`CheckpointError` when the config is unreadable or has wrong key types, a weight file is corrupt
@@ -162,6 +170,9 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
     would initialize them at random; keys starting with one of ``ignorable_missing`` are tolerated), a tensor is
     stored as integers where floats are expected or holds NaN / Inf, or a ``.bin`` needs full unpickling and
     ``trust_pickle`` is false. Every message names the file (and the tensor where there is one).
+
+    ``state_dict``: the folder's tensors when the caller has read them already (``convert``): the model is built
+    from them, with the same checks, instead of reading the weight files a second time.
     """
     from transformers import AutoModel
 
@@ -180,7 +191,11 @@ def load_model(path: str | Path, dtype: Any = None, *, trust_pickle: bool = Fals
     try:
         try:
             with _quiet_loading_bar():
-                model, info = auto_class.from_pretrained(str(folder), **kwargs)
+                if state_dict is None:
+                    model, info = auto_class.from_pretrained(str(folder), **kwargs)
+                else:
+                    model, info = _model_class(auto_class, config).from_pretrained(None, state_dict=state_dict,
+                                                                                   **kwargs)
         except pickle.UnpicklingError as exc:
             if not trust_pickle:
                 raise CheckpointError(
