@@ -76,7 +76,19 @@ def serve(
         raise EmbedkitError(f"could not load the model(s): {server.load_error}",
                             hint="check the folder with `embedkit inspect MODEL`")
     logger.info("serving %s on http://%s:%d", ", ".join(names), host, port)
+    _exit_zero_on_sigterm()
     uvicorn.run(app, **common)
+
+
+def _exit_zero_on_sigterm() -> None:
+    """SIGTERM ends the process with status 0: uvicorn drains the requests in flight, then re-raises the signal it
+    captured with the previous handler back in place; that handler (this one) exits cleanly."""
+    import signal
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def register(app: typer.Typer) -> None:
