@@ -371,7 +371,7 @@ def test_sigterm_drains_requests_in_flight(minilm_dir, tmp_path):
         deadline = time.monotonic() + 30
         while metric(url, "te_request_input_count_total") < 32:  # all 4 requests are in
             assert time.monotonic() < deadline
-            time.sleep(0.01)
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(120)
