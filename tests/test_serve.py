@@ -269,6 +269,9 @@ def test_errors_404_413_422_500(served, minilm):
     assert r.status_code == 413 and "--max-client-batch-size" in r.json()["error"]
     r = post(served, "/v1/embeddings", {"input": "x" * 30_000, "model": "minilm"})
     assert r.status_code == 413 and "payload" in r.json()["error"]["message"]
+    chunked = (part for part in [b'{"inputs": "', b"x" * 25_000, b'", "model": "minilm"}'])  # no Content-Length
+    r = httpx.post(f"{served}/embed", content=chunked, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and r.json()["error_type"] == "payload"
     r = post(served, "/embed", {"inputs": "a", "model": "minilm", "wrong": 1, "normalize": "maybe"})
     assert r.status_code == 422 and r.json()["error_type"] == "validation"
     # a NaN output fails that request (500), is never returned, and the server stays up

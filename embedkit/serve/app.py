@@ -99,19 +99,34 @@ class _Guard:
             self.server.metrics.failure("payload")
             return await self._reply(send, path, 413, f"the body is {int(length)} bytes, over the payload limit "
                                      f"of {cfg.payload_limit} (--payload-limit)", "payload")
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        # read the body here, counting bytes (a chunked body has no Content-Length), then hand it on whole
+        chunks: list[bytes] = []
         seen = 0
-
-        async def counted() -> dict:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > cfg.payload_limit:
-                    raise Problem(413, f"the body is over the payload limit of {cfg.payload_limit} bytes "
-                                  "(--payload-limit)", "payload")
-            return message
+            if message["type"] == "http.disconnect":
+                return None
+            seen += len(message.get("body", b""))
+            if seen > cfg.payload_limit:
+                self.server.metrics.failure("payload")
+                return await self._reply(send, path, 413, f"the body is over the payload limit of "
+                                         f"{cfg.payload_limit} bytes (--payload-limit)", "payload")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        await self.app(scope, counted, send)
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: http.disconnect when the client goes away
+
+        await self.app(scope, replay, send)
 
     @staticmethod
     async def _reply(send: Callable, path: str, status: int, message: str, kind: str,
