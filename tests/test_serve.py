@@ -424,3 +424,12 @@ def test_soak_64_clients_30s(minilm_dir):
           f"end {rss[-1] / 2**20:.0f} MiB")
     assert set(codes) <= {200, 429} and codes.get(200, 0) > 0
     assert max(rss) - rss[0] < 1024 * 2**20
+
+
+def test_cli_refuses_a_folder_it_cannot_load(tmp_path, capsys):
+    from embedkit.cli import main
+
+    assert main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "error: could not load the model(s)" in err and "nope" in err
+    assert main(["serve", str(tmp_path), "--served-model-name", "a", "--served-model-name", "b"]) == 2
