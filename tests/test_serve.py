@@ -94,16 +94,17 @@ def tiny_prompts(tiny_bert, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_nan(tiny_bert, tmp_path_factory) -> Path:
-    """The tiny BERT with a last LayerNorm scale of 3e38: finite weights (the loader's NaN check passes them), but the
-    hidden states overflow to infinity, so every vector is NaN (a backend result never returned)."""
+    """The tiny BERT with the word 'cat' embedded at 1e38: finite weights (the loader's NaN check passes them), but
+    any text holding 'cat' overflows to NaN, and the others stay finite."""
     import torch
-    from transformers import BertModel
+    from transformers import AutoTokenizer, BertModel
 
     folder = tmp_path_factory.mktemp("serve") / "nan"
     shutil.copytree(tiny_bert, folder)
     model = BertModel.from_pretrained(str(folder))
+    cat = AutoTokenizer.from_pretrained(str(folder)).convert_tokens_to_ids("cat")
     with torch.no_grad():
-        model.encoder.layer[-1].output.LayerNorm.weight.fill_(3e38)
+        model.embeddings.word_embeddings.weight[cat] = 1e38
     model.save_pretrained(str(folder))
     return folder
 
@@ -274,9 +275,24 @@ def test_errors_404_413_422_500(served, minilm):
     assert r.status_code == 413 and r.json()["error_type"] == "payload"
     r = post(served, "/embed", {"inputs": "a", "model": "minilm", "wrong": 1, "normalize": "maybe"})
     assert r.status_code == 422 and r.json()["error_type"] == "validation"
-    # a NaN output fails that request (500), is never returned, and the server stays up
-    r = post(served, "/embed", {"inputs": "a cat", "model": "nan"})
-    assert r.status_code == 500 and "non-finite" in r.json()["error"]
+    # a NaN output fails the request it belongs to (500), is never returned, and the server stays up; requests
+    # sharing its batch are answered
+    codes: dict = {}
+
+    def send(text: str) -> None:
+        codes[text] = post(served, "/embed", {"inputs": [text], "model": "nan"})
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in ("a cat", "a dog", "the fox", "a lazy cat")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert {t: r.status_code for t, r in codes.items()} == {"a cat": 500, "a dog": 200, "the fox": 200,
+                                                             "a lazy cat": 500}
+    assert "non-finite" in codes["a cat"].json()["error"]
+    assert np.isfinite(np.asarray(codes["a dog"].json(), dtype=np.float32)).all()
+    r = post(served, "/v1/embeddings", {"input": ["a dog", "a cat"], "model": "nan"})
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     assert post(served, "/embed", {"inputs": "a cat", "model": "tiny"}).status_code == 200
     assert httpx.get(f"{served}/health").status_code == 200
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import batching, pooling
-from ..embedder import check_finite
+from ..embedder import NonFiniteOutputError
 from ..errors import EmbedkitError
 
 logger = logging.getLogger("embedkit")
@@ -130,12 +130,13 @@ class Runner:
         self.sparse = hasattr(embedder, "heads") and getattr(embedder.heads, "sparse_linear", None) is not None
 
     def run(self, padded: dict[str, np.ndarray], posts: Sequence[Post], rows: np.ndarray) -> list[Any]:
-        """One result per row: a float32 vector (dense) or a ``{token_id: weight}`` dict (sparse)."""
+        """One result per row: a float32 vector (dense), a ``{token_id: weight}`` dict (sparse), or a
+        :class:`~embedkit.embedder.NonFiniteOutputError` for a row whose output holds a NaN or an infinity (only
+        that row's request fails; nothing non-finite is ever returned)."""
         spec = self.spec
         if self.pooled:  # the ONNX graph ends in embedkit.pooling.embed, traced with this spec
             vecs = np.asarray(self.embedder.backend.forward(padded))
-            check_finite(vecs, rows, "vector")
-            return list(vecs)
+            return [v if np.isfinite(v).all() else _non_finite("vector", rows[j]) for j, v in enumerate(vecs)]
         hidden, mask = self.embedder.backend.forward(padded)
         out: list[Any] = [None] * len(posts)
         with torch.inference_mode():
@@ -146,22 +147,30 @@ class Runner:
                     vecs = pooling.finalize(pooled, normalize=normalize, truncate_dim=dims)
                     want = [j for j, p in enumerate(posts) if p.kind == "dense" and (p.normalize, p.dims) ==
                             (normalize, dims)]
-                    check_finite(vecs[want], rows[want], "vector")
                     arr = vecs.cpu().numpy()
+                    finite = np.isfinite(arr).all(axis=1)
                     for j in want:
-                        out[j] = arr[j]
+                        out[j] = arr[j] if finite[j] else _non_finite("vector", rows[j])
             if any(p.kind == "sparse" for p in posts):
                 from ..m3 import process_token_weights, sparse_token_weights
 
                 weights = sparse_token_weights(hidden, self.embedder.heads.sparse_linear)
                 want = [j for j, p in enumerate(posts) if p.kind == "sparse"]
                 real = padded["attention_mask"] > 0
-                check_finite(torch.where(mask.bool(), weights, 0)[want], rows[want], "lexical weight")
                 w = weights.float().cpu().numpy()
                 for j in want:
+                    if not np.isfinite(w[j][real[j]]).all():
+                        out[j] = _non_finite("lexical weight", rows[j])
+                        continue
                     out[j] = process_token_weights(w[j][real[j]], padded["input_ids"][j][real[j]].tolist(),
                                                    self.embedder.unused_token_ids)
         return out
+
+
+def _non_finite(what: str, index: int) -> NonFiniteOutputError:
+    return NonFiniteOutputError(f"the model produced a non-finite {what} (NaN or infinity) for input {index}; "
+                                "nothing is returned for this request",
+                                hint="check the model's weights (embedkit inspect) or serve with --precision fp32")
 
 
 class BatchQueue:
@@ -321,6 +330,14 @@ class BatchQueue:
             self.on_health(True)
         for it, result in zip(batch, results, strict=True):
             job = it.job
+            if isinstance(result, Exception):  # this input's output is not finite: its request fails alone
+                if not job.dead:
+                    job.dead = True
+                    logger.error("%s: %s", self.name, result)
+                    job.finish(result)
+                continue
+            if job.dead:
+                continue
             job.results[it.index] = result
             job.remaining -= 1
             if job.remaining == 0:
