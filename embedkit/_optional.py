@@ -28,6 +28,8 @@ EXTRAS: dict[str, str] = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "httpx": "serve",
+    "prometheus_client": "serve",
+    "starlette": "serve",
     "ray": "ray",
 }
 """Top-level module name -> the extra of ``pyproject.toml`` that installs it."""

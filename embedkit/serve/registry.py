@@ -1,0 +1,159 @@
+"""What the server serves: one :class:`ServedModel` per model folder, by name and kind.
+
+A kind is a loader plus the routes that accept it: ``embedder`` (dense vectors; with bge-m3 heads also sparse) today;
+a ``reranker`` kind slots in by adding a loader to :data:`LOADERS` and routes that ask :meth:`Registry.get` for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EmbedkitError
+
+logger = logging.getLogger("embedkit")
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``embedkit serve`` was told (the CLI flags, one field each)."""
+
+    models: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    precision: str = "fp32"
+    device: str | None = None
+    max_batch_tokens: int = 16384
+    max_batch_requests: int | None = None
+    max_client_batch_size: int = 32
+    max_concurrent_requests: int = 512
+    payload_limit: int = 2_000_000
+    auto_truncate: bool = True
+    served_model_names: list[str] = field(default_factory=list)
+    workers: int = 1
+    tokenization_workers: int = 2
+
+    def names(self) -> list[str]:
+        """The name of each model: ``--served-model-name`` in order, else the folder's name."""
+        out = []
+        for i, model in enumerate(self.models):
+            if i < len(self.served_model_names):
+                out.append(self.served_model_names[i])
+            else:
+                out.append(Path(model).name if model != "minilm" else "minilm")
+        if len(set(out)) != len(out):
+            raise EmbedkitError(f"two served models have the same name: {out}",
+                                hint="give each one a --served-model-name (in the order of the models)")
+        return out
+
+    def to_json(self) -> str:
+        """The config as JSON (handed to uvicorn's worker processes through the environment)."""
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        """The inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+
+@dataclass
+class ServedModel:
+    """One loaded model: its engine (an ``Embedder`` / ``M3Embedder``), its queue and tokenizer pool."""
+
+    name: str
+    kind: str
+    path: Path
+    engine: Any
+    queue: Any
+    tokenizers: Any
+    prompts: dict[str, str] = field(default_factory=dict)
+    healthy: bool = True
+
+    @property
+    def sparse(self) -> bool:
+        """Whether this model has bge-m3's sparse head (``/embed_sparse``)."""
+        return getattr(getattr(self.engine, "heads", None), "sparse_linear", None) is not None
+
+    def close(self) -> None:
+        """Finish queued work and stop the model's threads."""
+        if self.queue is not None:
+            self.queue.close()
+        if self.tokenizers is not None:
+            self.tokenizers.close()
+
+
+def folder_prompts(path: Path) -> dict[str, str]:
+    """The ``prompts`` of the folder's ``config_sentence_transformers.json`` (``{}`` when none); the spec already
+    holds ``query`` / ``document`` (with their provenance), other names are served as ``prompt_name`` values."""
+    cfg = path / "config_sentence_transformers.json"
+    try:
+        prompts = json.loads(cfg.read_text(encoding="utf-8")).get("prompts") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: v for k, v in prompts.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(
+        prompts, dict) else {}
+
+
+def load_embedder(path: str, name: str, config: ServeConfig, metrics: Any = None,
+                  on_health: Callable[[str, bool], None] | None = None) -> ServedModel:
+    """Load a model folder as ``Embedder`` (``M3Embedder`` with sparse output when it has bge-m3's sparse head)
+    with the server's precision and token budget, and start its queue."""
+    from ..embedder import Embedder
+    from ..folder.m3_heads import SPARSE, head_files
+    from ..models import resolve_model_path
+    from .queue import BatchQueue, Tokenizers
+
+    folder = resolve_model_path(path)
+    options = dict(precision=config.precision, device=config.device, show_progress=False,
+                   max_batch_tokens=config.max_batch_tokens)
+    if head_files(folder, SPARSE):
+        from ..m3 import M3Embedder
+
+        engine = M3Embedder(folder, return_sparse=True, **options)
+    else:
+        engine = Embedder(folder, **options)
+    queue = BatchQueue(engine, max_batch_tokens=config.max_batch_tokens,
+                       max_batch_requests=config.max_batch_requests, metrics=metrics, name=name,
+                       on_health=(lambda ok: on_health(name, ok)) if on_health else None)
+    return ServedModel(name=name, kind="embedder", path=Path(engine.path), engine=engine, queue=queue,
+                       tokenizers=Tokenizers(engine.tokenizer, config.tokenization_workers),
+                       prompts=folder_prompts(Path(engine.path)))
+
+
+Loader = Callable[..., ServedModel]
+LOADERS: dict[str, Loader] = {"embedder": load_embedder}
+"""Kind -> loader. ``reranker`` joins here (with ``/rerank`` and ``/v1/rerank``) once :class:`Reranker` lands."""
+
+
+class UnknownModel(EmbedkitError):
+    """A request named a model that is not served (HTTP 404)."""
+
+
+class Registry:
+    """The served models by name."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ServedModel] = {}
+
+    def add(self, model: ServedModel) -> None:
+        """Serve ``model`` under its name."""
+        self.models[model.name] = model
+
+    def get(self, name: str | None, kind: str = "embedder") -> ServedModel:
+        """The model a request's ``model`` field names (the only one of ``kind`` when ``None``); raises
+        :class:`UnknownModel` listing the served names."""
+        of_kind = {n: m for n, m in self.models.items() if m.kind == kind}
+        if name is None or name == "":
+            if len(of_kind) == 1:
+                return next(iter(of_kind.values()))
+            raise UnknownModel(f"{len(of_kind)} {kind} models are served: name one in 'model'",
+                               hint=f"served: {', '.join(sorted(of_kind)) or 'none'}")
+        if name in of_kind:
+            return of_kind[name]
+        raise UnknownModel(f"model {name!r} is not served here (kind: {kind})",
+                           hint=f"served: {', '.join(sorted(of_kind)) or 'none'}")
