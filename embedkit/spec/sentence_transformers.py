@@ -64,6 +64,12 @@ def read_json_object(path: Path, error: type[CheckpointError] | type[SpecError] 
     return data
 
 
+def read_optional_object(model_dir: Path, name: str) -> tuple[Path, dict[str, Any]] | None:
+    """``(path, object)`` of the folder's JSON file ``name`` (:func:`read_json_object`), or ``None`` when absent."""
+    path = model_dir / name
+    return (path, read_json_object(path)) if path.is_file() else None
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -200,10 +206,10 @@ def read_transformer_config(model_dir: Path) -> Found:
     """``sentence_bert_config.json`` (the ``Transformer`` module): ``max_seq_length`` -> both length fields,
     ``do_lower_case``."""
     found: Found = {}
-    sbert_path = model_dir / "sentence_bert_config.json"
-    if not sbert_path.is_file():
+    read = read_optional_object(model_dir, "sentence_bert_config.json")
+    if read is None:
         return found
-    cfg = read_json_object(sbert_path)
+    sbert_path, cfg = read
     src = "sentence-transformers (sentence_bert_config.json)"
     if cfg.get("max_seq_length") is not None:
         n = _checked(sbert_path, "max_seq_length", "passage_max_length", cfg["max_seq_length"])
@@ -227,10 +233,10 @@ def read_model_config(model_dir: Path) -> Found:
     """``config_sentence_transformers.json``: the ``query`` / ``document`` (or ``passage`` / ``corpus``) prompts
     as instructions, then every field of the saved embedkit spec in its ``embedkit`` section (which wins)."""
     found: Found = {}
-    cst_path = model_dir / "config_sentence_transformers.json"
-    if not cst_path.is_file():
+    read = read_optional_object(model_dir, "config_sentence_transformers.json")
+    if read is None:
         return found
-    cfg = read_json_object(cst_path)
+    cst_path, cfg = read
     src = "sentence-transformers (config_sentence_transformers.json prompts)"
     prompts = cfg.get("prompts")
     if prompts is None:
