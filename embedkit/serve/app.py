@@ -4,7 +4,9 @@ Build it with :func:`create_app` (models loaded in a background thread, ``/healt
 hand it models already loaded. Every route turns a request into the exact texts the model's spec prescribes
 (:meth:`EmbedderSpec.prepare_query` / ``prepare_passage`` / ``prepare``), tokenizes them as
 :meth:`Embedder.tokenize` does, and waits for :class:`~embedkit.serve.queue.BatchQueue` to run them through the
-same pooling code as :meth:`Embedder.encode`: a served vector equals the in-process one.
+same pooling code as :meth:`Embedder.encode`: a served vector equals the in-process one. The reranking routes
+(``/rerank``, ``/v1/rerank``) tokenize (query, passage) pairs as :meth:`Reranker.features` does and score them through
+the same queue with the reranker's model: a served score equals ``Reranker.compute_score`` / ``rank``.
 
 Example:
     >>> from embedkit.serve.app import create_app

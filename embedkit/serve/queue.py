@@ -60,8 +60,8 @@ class Permits:
 
 @dataclass(frozen=True)
 class Post:
-    """What a request asks of its vectors after pooling: ``dense`` with ``normalize`` and ``dims`` (Matryoshka), or
-    ``sparse`` (bge-m3 lexical weights)."""
+    """What a request asks of its vectors after pooling: ``dense`` with ``normalize`` and ``dims`` (Matryoshka),
+    ``sparse`` (bge-m3 lexical weights), or ``score`` (a reranker's raw logit, :class:`RerankRunner`)."""
 
     kind: str = "dense"
     normalize: bool = True

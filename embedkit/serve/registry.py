@@ -64,7 +64,8 @@ class ServeConfig:
 
 @dataclass
 class ServedModel:
-    """One loaded model: its engine (an ``Embedder`` / ``M3Embedder``), its queue and tokenizer pool."""
+    """One loaded model: its engine (an ``Embedder`` / ``M3Embedder``, or a ``Reranker`` for kind ``reranker``),
+    its queue and tokenizer pool."""
 
     name: str
     kind: str
