@@ -21,7 +21,7 @@ from embedkit.serve.app import create_app  # noqa: E402
 from embedkit.serve.registry import ServeConfig, folder_kind  # noqa: E402
 
 from .test_rerank import _build_bert  # noqa: E402
-from .test_serve import post, running, wait_healthy  # noqa: E402
+from .test_serve import metric, post, running, wait_healthy  # noqa: E402
 
 LONG = " ".join(["a long text that goes past the max length"] * 40)
 QUERY = "what is the quick brown fox"
@@ -102,12 +102,14 @@ def test_same_pairs_alone_and_inside_a_busy_batch(served, local):
         got[k] = post(served, "/rerank", {"query": q, "texts": DOCS[k % 3:], "raw_scores": True, "model": "rr"}
                       ).json()
 
+    batches = metric(served, "te_batch_inference_duration_count")
     threads = [threading.Thread(target=send, args=(k,)) for k in range(15)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
     assert len(got) == 15
+    assert 0 < metric(served, "te_batch_inference_duration_count") - batches < 15  # requests did share batches
     for k, out in got.items():
         docs = DOCS[k % 3:]
         expected = np.asarray(local.compute_score([(queries[k % len(queries)], d) for d in docs]))
