@@ -331,6 +331,43 @@ def test_503_while_loading(tiny_prompts):
         assert post(url, "/v1/embeddings", {"input": "a"}).status_code == 200
 
 
+@pytest.fixture(scope="module")
+def tiny_short_vocab(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT whose embedding matrix is one row short of its tokenizer (a real defect: tokens added to the
+    tokenizer without resizing the model): the last vocabulary entry, '##9', makes the forward raise IndexError;
+    every other text works. The loader has no way to see it before the first such input."""
+    from transformers import AutoTokenizer, BertModel
+
+    folder = tmp_path_factory.mktemp("serve") / "short-vocab"
+    shutil.copytree(tiny_bert, folder)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    assert tok.convert_tokens_to_ids(tok.tokenize("x9"))[-1] == len(tok) - 1
+    model = BertModel.from_pretrained(str(folder))
+    model.resize_token_embeddings(len(tok) - 1)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def test_503_after_a_backend_failure_and_other_models_keep_serving(tiny_prompts, tiny_short_vocab):
+    config = ServeConfig(models=[str(tiny_prompts), str(tiny_short_vocab)], served_model_names=["tiny", "broken"])
+    with running(create_app(config)) as url:
+        wait_healthy(url)
+        r = post(url, "/embed", {"inputs": ["x9"], "model": "broken"})  # the forward raises IndexError
+        assert r.status_code == 500 and r.json()["error_type"] == "backend"
+        assert "the model failed on a batch" in r.json()["error"] and "index out of range" in r.json()["error"]
+        h = httpx.get(f"{url}/health")
+        assert h.status_code == 503 and h.json() == {"status": "unhealthy", "models": ["broken"]}
+        r = post(url, "/v1/embeddings", {"input": "x9", "model": "broken"})
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        # the other model keeps serving; /health stays 503 (a model is still failing)
+        assert post(url, "/embed", {"inputs": ["x9", "a cat"], "model": "tiny"}).status_code == 200
+        assert httpx.get(f"{url}/health").status_code == 503
+        # the failing model itself still answers what it can; one batch that succeeds makes it healthy again
+        assert post(url, "/embed", {"inputs": ["a cat"], "model": "broken"}).status_code == 200
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert metric(url, 'te_request_failure_total{err="backend"}') >= 2
+
+
 def test_429_when_permits_run_out_and_disconnects_are_dropped(minilm_dir):
     config = ServeConfig(models=[str(minilm_dir)], max_concurrent_requests=4, max_batch_tokens=512)
     with running(create_app(config)) as url:

@@ -13,7 +13,8 @@ logger = logging.getLogger("embedkit")
 
 
 def serve(
-    models: list[str] = typer.Argument(..., help="Model folders (or 'minilm'); requests pick one by 'model'."),
+    models: list[str] = typer.Argument(..., help="Model folders (or 'minilm'): embedders and rerankers; requests "
+                                       "pick one by 'model'."),
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes the server to the network)."),
     port: int = typer.Option(8080, min=0, max=65535, help="Port to listen on."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="EMBEDKIT_API_KEY", show_envvar=True,
@@ -34,7 +35,8 @@ def serve(
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes (each loads the models)."),
     tokenization_workers: int = typer.Option(2, min=1, help="Tokenizer threads per model."),
 ) -> None:
-    """Serve MODEL(s) over HTTP: POST /v1/embeddings (OpenAI), /embed, /embed_sparse, /tokenize (TEI); GET /info,
+    """Serve MODEL(s) over HTTP: POST /v1/embeddings (OpenAI), /embed, /embed_sparse, /tokenize (TEI); for a
+    cross-encoder folder (*ForSequenceClassification) POST /rerank (TEI) and /v1/rerank (Cohere); GET /info,
     /health, /metrics, /docs.
 
     Example: embedkit serve minilm --port 8080

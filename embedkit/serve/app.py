@@ -4,7 +4,9 @@ Build it with :func:`create_app` (models loaded in a background thread, ``/healt
 hand it models already loaded. Every route turns a request into the exact texts the model's spec prescribes
 (:meth:`EmbedderSpec.prepare_query` / ``prepare_passage`` / ``prepare``), tokenizes them as
 :meth:`Embedder.tokenize` does, and waits for :class:`~embedkit.serve.queue.BatchQueue` to run them through the
-same pooling code as :meth:`Embedder.encode`: a served vector equals the in-process one.
+same pooling code as :meth:`Embedder.encode`: a served vector equals the in-process one. The reranking routes
+(``/rerank``, ``/v1/rerank``) tokenize (query, passage) pairs as :meth:`Reranker.features` does and score them through
+the same queue with the reranker's model: a served score equals ``Reranker.compute_score`` / ``rank``.
 
 Example:
     >>> from embedkit.serve.app import create_app
@@ -32,8 +34,15 @@ from ..errors import EmbedkitError
 from .auth import authorized
 from .metrics import Metrics
 from .queue import Job, Post
-from .registry import LOADERS, Registry, ServeConfig, ServedModel, UnknownModel
-from .schemas import EmbedRequest, EmbedSparseRequest, OpenAIEmbeddingRequest, TokenizeRequest
+from .registry import Registry, ServeConfig, ServedModel, UnknownModel, WrongKind, load_model
+from .schemas import (
+    CohereRerankRequest,
+    EmbedRequest,
+    EmbedSparseRequest,
+    OpenAIEmbeddingRequest,
+    RerankRequest,
+    TokenizeRequest,
+)
 
 logger = logging.getLogger("embedkit")
 
@@ -152,7 +161,7 @@ class Server:
         self.loading = models is None
         self.load_error: str | None = None
         self.draining = False
-        self.loader = loader or LOADERS["embedder"]
+        self.loader = loader or load_model
         self.started = time.time()
         for m in models or []:
             self.registry.add(m)
@@ -194,6 +203,8 @@ class Server:
             return self.registry.get(name, kind)
         except UnknownModel as exc:
             raise Problem(404, f"{exc.message} ({exc.hint})", "model_not_found", param="model") from None
+        except WrongKind as exc:
+            raise Problem(422, f"{exc.message} ({exc.hint})", "model_kind", param="model") from None
 
 
 def _texts(inputs: Any, param: str) -> list[str]:
@@ -254,7 +265,7 @@ def create_app(config: ServeConfig, models: list[ServedModel] | None = None,
                loader: Callable[..., ServedModel] | None = None) -> Any:
     """The FastAPI app serving ``config.models`` (loaded in a background thread: ``/health`` is 503 until then), or
     ``models`` already loaded. ``loader(path, name, config, metrics, on_health)`` replaces the default loader
-    (:func:`embedkit.serve.registry.load_embedder`)."""
+    (:func:`embedkit.serve.registry.load_model`: the folder's kind picks ``load_embedder`` or ``load_reranker``)."""
     fastapi = require("fastapi", "embedkit serve")
     from fastapi.exceptions import RequestValidationError
     from starlette.requests import Request
@@ -429,6 +440,93 @@ def create_app(config: ServeConfig, models: list[ServedModel] | None = None,
                for r in results]
         return _json(out, headers=headers)
 
+    async def score_pairs(request: Request, method: str, model_name: str | None, query: str, docs: list[str],
+                          truncate: bool | None, param: str, direction: str = "right"
+                          ) -> tuple[ServedModel, np.ndarray, dict[str, str], int]:
+        """The common path of both reranking routes: validate, take permits, tokenize the (query, passage) pairs
+        as :meth:`Reranker.features` does, queue them (token budget by pair length), wait: the float32 logits in
+        input order, as ``Reranker.compute_score`` computes them."""
+        started = time.perf_counter()
+        server.metrics.request_count.labels(method=method).inc()
+        model = server.model(model_name, request.url.path, "reranker")
+        if direction.lower() != "right":
+            raise Problem(422, f"truncation_direction {direction!r} is not supported: embedkit models truncate on "
+                          "the right, as the model was evaluated", "validation", param="truncation_direction")
+        n = len(docs)
+        if n == 0:
+            raise Problem(422, f"'{param}' is empty: send at least one text to score", "empty", param=param)
+        if n > config.max_client_batch_size:
+            raise Problem(413, f"{n} {param} in one request, over the limit of {config.max_client_batch_size} "
+                          "(--max-client-batch-size)", "validation", param=param)
+        if n > server.permits.limit:
+            raise Problem(413, f"{n} {param} is more than the server ever takes at once "
+                          f"({server.permits.limit}, --max-concurrent-requests)", "validation", param=param)
+        cut = config.auto_truncate if truncate is None else truncate
+        spec = model.engine.spec
+        queries = [spec.prepare_query(query)] * n
+
+        def features_of(tok: Any) -> tuple[dict[str, list[list[int]]], list[int] | None]:
+            from ..rerank.features import pair_features
+
+            full = None if cut else [len(ids) for ids in tok(queries, docs, truncation=False)["input_ids"]]
+            feats = pair_features(tok, queries, docs, truncation=spec.truncation, max_length=spec.max_length,
+                                  query_max_length=spec.resolved_query_max_length)  # = Reranker.features
+            return feats, full
+
+        if not server.permits.try_acquire(n):
+            raise Problem(429, f"the server is at its limit of {server.permits.limit} inputs in flight "
+                          "(--max-concurrent-requests); retry after a moment", "overloaded",
+                          headers={"retry-after": "1"})
+        server.metrics.input_count.inc(n)
+        try:
+            t0 = time.perf_counter()
+            features, full = await model.tokenizers.run(model.tokenizers.call, features_of)
+            for i, length in enumerate(full or []):
+                if length > spec.max_length:
+                    raise Problem(422, f"'{param}[{i}]' with the query is {length} tokens, over the limit of "
+                                  f"{spec.max_length} (send truncate=true, or a shorter text)", "validation",
+                                  param=param)
+            tokenization = time.perf_counter() - t0
+            results, headers = await run_job(request, model, features, Post("score"), started, tokenization)
+        finally:
+            server.permits.release(n)
+        server.metrics.request_success.labels(method=method).inc()
+        return model, np.asarray(results, dtype=np.float32), headers, sum(len(r) for r in features["input_ids"])
+
+    @app.post("/rerank", summary="TEI rerank")
+    async def rerank(body: RerankRequest, request: Request) -> Any:
+        """text-embeddings-inference's ``/rerank``: ``[{"index", "score"(, "text")}]`` best first. ``score`` is
+        ``Reranker.compute_score(pairs, normalize=not raw_scores)`` (the sigmoid unless ``raw_scores``)."""
+        _, logits, headers, _ = await score_pairs(request, "rerank", body.model, body.query, body.texts,
+                                                  body.truncate, "texts", body.truncation_direction)
+        values = logits.astype(np.float64)
+        if not body.raw_scores:  # compute_score(normalize=True): FlagEmbedding's sigmoid of the float32 logit
+            values = 1.0 / (1.0 + np.exp(-values))
+        out = [{"index": i, "score": float(v)} | ({"text": body.texts[i]} if body.return_text else {})
+               for i, v in enumerate(values)]
+        out.sort(key=lambda r: r["score"], reverse=True)  # ties keep input order
+        return _json(out, headers=headers)
+
+    @app.post("/v1/rerank", summary="Cohere / infinity rerank")
+    async def rerank_v1(body: CohereRerankRequest, request: Request) -> Any:
+        """Cohere's (and infinity's, Jina's) ``/v1/rerank``: ``{"object": "rerank", "results": [{"index",
+        "relevance_score"(, "document": {"text"})}], "model", "usage"}`` best first, the first ``top_n``;
+        ``relevance_score`` is ``Reranker.rank(query, documents, top_k=top_n)``'s ``score`` (the spec's
+        activation, sigmoid for one label)."""
+        if body.top_n is not None and body.top_n <= 0:
+            raise Problem(422, f"top_n={body.top_n}: ask for a positive number of results (or leave it out)",
+                          "validation", param="top_n")
+        model, logits, headers, tokens = await score_pairs(request, "rerank", body.model, body.query,
+                                                           body.documents, None, "documents")
+        scores = _activate(model.engine.spec.activation, logits)
+        results = [{"index": i, "relevance_score": s} | ({"document": {"text": body.documents[i]}}
+                                                          if body.return_documents else {})
+                   for i, s in enumerate(scores.tolist())]
+        results.sort(key=lambda r: r["relevance_score"], reverse=True)  # ties keep input order, as rank()
+        return _json({"object": "rerank", "id": f"rerank-{time.time_ns():x}", "results": results[:body.top_n],
+                      "model": model.name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                     headers=headers)
+
     @app.post("/tokenize", summary="TEI tokenize")
     async def tokenize(body: TokenizeRequest, request: Request) -> Any:
         """The tokens each input becomes (after the prompt): ``[[{"id", "text", "special", "start", "stop"}]]``."""
@@ -460,6 +558,11 @@ def create_app(config: ServeConfig, models: list[ServedModel] | None = None,
         models = []
         for m in server.registry.models.values():
             e = m.engine
+            if m.kind == "reranker":
+                models.append({"name": m.name, "kind": m.kind, "path": str(m.path), "precision": e.precision_summary,
+                               "backend": "torch", "max_input_length": e.spec.max_length, "spec": e.spec.to_dict(),
+                               "provenance": dict(e.spec.provenance)})
+                continue
             models.append({"name": m.name, "kind": m.kind, "path": str(m.path), "dim": e.dim,
                            "hidden_size": e.backend.hidden_size, "precision": e.precision_summary,
                            "backend": "onnx" if getattr(e.backend, "pooled", False) else "torch",
@@ -468,8 +571,12 @@ def create_app(config: ServeConfig, models: list[ServedModel] | None = None,
                            "prompts": {"query": e.spec.query_instruction, "document": e.spec.passage_instruction,
                                        **m.prompts}})
         first = models[0] if models else {}
-        return _json({"model_id": first.get("name"), "model_type": {"embedding": {"pooling": first.get(
-            "spec", {}).get("pooling")}} if first else None, "models": models,
+        if first.get("kind") == "reranker":
+            model_type = {"reranker": {"truncation": first["spec"]["truncation"],
+                                       "activation": first["spec"]["activation"]}}
+        else:
+            model_type = {"embedding": {"pooling": first.get("spec", {}).get("pooling")}} if first else None
+        return _json({"model_id": first.get("name"), "model_type": model_type, "models": models,
             "loading": server.loading, "load_error": server.load_error,
             "max_concurrent_requests": config.max_concurrent_requests, "max_batch_tokens": config.max_batch_tokens,
             "max_batch_requests": config.max_batch_requests, "max_client_batch_size": config.max_client_batch_size,
@@ -508,6 +615,15 @@ def create_app(config: ServeConfig, models: list[ServedModel] | None = None,
 
     app.add_middleware(_Guard, server=server)
     return app
+
+
+def _activate(activation: str, logits: np.ndarray) -> np.ndarray:
+    """The spec's activation on a request's float32 logits in input order, as ``Reranker.predict`` applies it
+    (a ``(n, 1)`` float32 tensor, then flattened): the same values, bit for bit."""
+    import torch
+
+    fn = {"sigmoid": torch.sigmoid, "identity": lambda t: t, "tanh": torch.tanh}[activation]
+    return np.asarray(fn(torch.from_numpy(logits)[:, None]).float().reshape(-1).numpy(), dtype=np.float32)
 
 
 async def _disconnected(request: Any) -> None:

@@ -60,8 +60,8 @@ class Permits:
 
 @dataclass(frozen=True)
 class Post:
-    """What a request asks of its vectors after pooling: ``dense`` with ``normalize`` and ``dims`` (Matryoshka), or
-    ``sparse`` (bge-m3 lexical weights)."""
+    """What a request asks of its vectors after pooling: ``dense`` with ``normalize`` and ``dims`` (Matryoshka),
+    ``sparse`` (bge-m3 lexical weights), or ``score`` (a reranker's raw logit, :class:`RerankRunner`)."""
 
     kind: str = "dense"
     normalize: bool = True
@@ -167,6 +167,26 @@ class Runner:
         return out
 
 
+class RerankRunner:
+    """Runs one padded batch of (query, passage) pair features through a :class:`~embedkit.Reranker`'s model, as
+    ``Reranker.compute_score`` does: ``model(**features).logits[:, 0].float()`` on the reranker's device.
+
+    Built on the reranker's public attributes (``model``, ``device``, ``tokenizer``, ``spec``); the activation
+    (sigmoid or raw) is applied per request by the route, on the request's logits in input order, as ``predict`` /
+    ``compute_score`` apply it."""
+
+    def __init__(self, reranker: Any) -> None:
+        self.reranker = reranker
+
+    def run(self, padded: dict[str, np.ndarray], posts: Sequence[Post], rows: np.ndarray) -> list[Any]:
+        """One float32 logit per row, or a :class:`~embedkit.embedder.NonFiniteOutputError` for a non-finite one."""
+        r = self.reranker
+        tensors = {k: torch.from_numpy(v).to(r.device) for k, v in padded.items()}
+        with torch.inference_mode():
+            scores = r.model(**tensors).logits[:, 0].float().cpu().numpy()
+        return [s if np.isfinite(s) else _non_finite("score", rows[j]) for j, s in enumerate(scores)]
+
+
 def _non_finite(what: str, index: int) -> NonFiniteOutputError:
     return NonFiniteOutputError(f"the model produced a non-finite {what} (NaN or infinity) for input {index}; "
                                 "nothing is returned for this request",
@@ -182,11 +202,14 @@ class BatchQueue:
         max_batch_requests: inputs per batch at most (``None``: no cap but the token budget).
         metrics: a :class:`~embedkit.serve.metrics.Metrics` (or ``None``).
         on_health: called with ``True`` after a batch succeeds and ``False`` after a backend failure.
+        runner: what runs a padded batch (default :class:`Runner` of ``embedder``; :class:`RerankRunner` for a
+            :class:`~embedkit.Reranker`, whose items are tokenized pairs).
     """
 
     def __init__(self, embedder: Any, *, max_batch_tokens: int, max_batch_requests: int | None = None,
-                 metrics: Any = None, on_health: Callable[[bool], None] | None = None, name: str = "model") -> None:
-        self.runner = Runner(embedder)
+                 metrics: Any = None, on_health: Callable[[bool], None] | None = None, name: str = "model",
+                 runner: Any = None) -> None:
+        self.runner = runner if runner is not None else Runner(embedder)
         self.embedder = embedder
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_requests = max_batch_requests

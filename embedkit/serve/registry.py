@@ -1,7 +1,8 @@
 """What the server serves: one :class:`ServedModel` per model folder, by name and kind.
 
-A kind is a loader plus the routes that accept it: ``embedder`` (dense vectors; with bge-m3 heads also sparse) today;
-a ``reranker`` kind slots in by adding a loader to :data:`LOADERS` and routes that ask :meth:`Registry.get` for it.
+A kind is a loader plus the routes that accept it: ``embedder`` (dense vectors; with bge-m3 heads also sparse; the
+embedding routes) and ``reranker`` (a ``*ForSequenceClassification`` cross-encoder; ``/rerank`` and ``/v1/rerank``).
+:func:`load_model` picks the kind from the folder's ``config.json`` (as ``embedkit.rerank`` detects a reranker).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class ServeConfig:
 
 @dataclass
 class ServedModel:
-    """One loaded model: its engine (an ``Embedder`` / ``M3Embedder``), its queue and tokenizer pool."""
+    """One loaded model: its engine (an ``Embedder`` / ``M3Embedder``, or a ``Reranker`` for kind ``reranker``),
+    its queue and tokenizer pool."""
 
     name: str
     kind: str
@@ -125,13 +127,52 @@ def load_embedder(path: str, name: str, config: ServeConfig, metrics: Any = None
                        prompts=folder_prompts(Path(engine.path)))
 
 
+def load_reranker(path: str, name: str, config: ServeConfig, metrics: Any = None,
+                  on_health: Callable[[str, bool], None] | None = None) -> ServedModel:
+    """Load a cross-encoder folder as :class:`~embedkit.Reranker` (the server's precision, device and token budget)
+    and start its queue, whose items are tokenized (query, passage) pairs run by
+    :class:`~embedkit.serve.queue.RerankRunner`."""
+    from ..models import resolve_model_path
+    from ..rerank import Reranker
+    from .queue import BatchQueue, RerankRunner, Tokenizers
+
+    folder = resolve_model_path(path)
+    engine = Reranker(folder, precision=config.precision, device=config.device, show_progress=False,
+                      max_batch_tokens=config.max_batch_tokens)
+    queue = BatchQueue(engine, max_batch_tokens=config.max_batch_tokens,
+                       max_batch_requests=config.max_batch_requests, metrics=metrics, name=name,
+                       on_health=(lambda ok: on_health(name, ok)) if on_health else None,
+                       runner=RerankRunner(engine))
+    return ServedModel(name=name, kind="reranker", path=Path(engine.path), engine=engine, queue=queue,
+                       tokenizers=Tokenizers(engine.tokenizer, config.tokenization_workers))
+
+
 Loader = Callable[..., ServedModel]
-LOADERS: dict[str, Loader] = {"embedder": load_embedder}
-"""Kind -> loader. ``reranker`` joins here (with ``/rerank`` and ``/v1/rerank``) once :class:`Reranker` lands."""
+LOADERS: dict[str, Loader] = {"embedder": load_embedder, "reranker": load_reranker}
+"""Kind -> loader."""
+
+
+def folder_kind(path: str) -> str:
+    """``"reranker"`` when the folder's ``config.json`` declares a ``*ForSequenceClassification`` head
+    (:func:`embedkit.rerank.is_reranker_folder`), else ``"embedder"``."""
+    from ..rerank import is_reranker_folder
+
+    return "reranker" if is_reranker_folder(path) else "embedder"
+
+
+def load_model(path: str, name: str, config: ServeConfig, metrics: Any = None,
+               on_health: Callable[[str, bool], None] | None = None) -> ServedModel:
+    """Load ``path`` with the loader of its kind (:func:`folder_kind`)."""
+    return LOADERS[folder_kind(path)](path, name, config, metrics, on_health)
 
 
 class UnknownModel(EmbedkitError):
     """A request named a model that is not served (HTTP 404)."""
+
+
+class WrongKind(EmbedkitError):
+    """A request asked a model for what its kind does not do (an embedder to rerank, a reranker to embed; HTTP
+    422)."""
 
 
 class Registry:
@@ -146,14 +187,28 @@ class Registry:
 
     def get(self, name: str | None, kind: str = "embedder") -> ServedModel:
         """The model a request's ``model`` field names (the only one of ``kind`` when ``None``); raises
-        :class:`UnknownModel` listing the served names."""
+        :class:`UnknownModel` listing the served names, or :class:`WrongKind` when the model named (or every model
+        served) is of another kind."""
         of_kind = {n: m for n, m in self.models.items() if m.kind == kind}
+        served = ", ".join(f"{n} ({m.kind})" for n, m in sorted(self.models.items()))
+        if name and name in self.models and name not in of_kind:
+            other = self.models[name].kind
+            raise WrongKind(f"model {name!r} is {_a(other)} model: this route needs {_a(kind)} model",
+                            hint=f"served: {served}")
         if name is None or name == "":
             if len(of_kind) == 1:
                 return next(iter(of_kind.values()))
+            if not of_kind and self.models:
+                kinds = sorted({m.kind for m in self.models.values()})
+                raise WrongKind(f"no {kind} model is served here (only {' and '.join(k + ' models' for k in kinds)})"
+                                f": this route needs {_a(kind)} model", hint=f"served: {served}")
             raise UnknownModel(f"{len(of_kind)} {kind} models are served: name one in 'model'",
                                hint=f"served: {', '.join(sorted(of_kind)) or 'none'}")
         if name in of_kind:
             return of_kind[name]
         raise UnknownModel(f"model {name!r} is not served here (kind: {kind})",
                            hint=f"served: {', '.join(sorted(of_kind)) or 'none'}")
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[:1] in "aeiou" else "a ") + kind

@@ -103,3 +103,31 @@ class SimpleToken(BaseModel):
     special: bool
     start: int | None = None
     stop: int | None = None
+
+
+class RerankRequest(BaseModel):
+    """``POST /rerank`` (TEI): score each of ``texts`` against ``query``; the answer is sorted best first."""
+
+    query: str = Field(..., description="the query")
+    texts: list[str] = Field(..., description="the passages to score against the query")
+    model: str | None = Field(None, description="which served reranker (embedkit extension; TEI serves one)")
+    raw_scores: bool = Field(False, description="the raw logit (true) or its sigmoid (false, TEI's default)")
+    return_text: bool = Field(False, description="echo each passage in its result")
+    truncate: bool | None = Field(None, description="cut over-long pairs (default: the server's --auto-truncate)")
+    truncation_direction: str = Field("right", description="'right' (the only one embedkit models use)")
+
+
+class RerankResult(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class CohereRerankRequest(BaseModel):
+    """``POST /v1/rerank`` (Cohere / infinity / Jina): ``documents`` ranked against ``query``."""
+
+    query: str = Field(..., description="the query")
+    documents: list[str] = Field(..., description="the documents to rank")
+    model: str | None = Field(None, description="which served reranker (may be left out when only one is served)")
+    top_n: int | None = Field(None, description="return the best N only (default: all)")
+    return_documents: bool = Field(False, description="echo each document as {'text': ...}")
