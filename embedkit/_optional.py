@@ -29,6 +29,7 @@ EXTRAS: dict[str, str] = {
     "uvicorn": "serve",
     "httpx": "serve",
     "ray": "ray",
+    "pyarrow": "corpus",
 }
 """Top-level module name -> the extra of ``pyproject.toml`` that installs it."""
 

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"spec", "pooling", "batching", "verify", "search"},
     {"backends", "precision"},
     {"embedder", "m3", "__init__"},
-    {"checkpoint", "export", "eval", "parity", "recipe"},
+    {"checkpoint", "export", "eval", "parity", "recipe", "corpus"},
     {"train"},
     {"cli", "demo", "__main__"},
 ]
