@@ -83,30 +83,25 @@ def _nonempty(out_dir: Path) -> bool:
     return out_dir.is_dir() and any(out_dir.iterdir())
 
 
-def _rechunk(chunks: Iterator[Chunk], shard_size: int) -> Iterator[list[Chunk]]:
-    """Group chunks into shards of ``shard_size`` rows (chunks split at shard boundaries), lazily: each yielded list
-    is consumed before the next is built."""
-    pending: Chunk | None = None
-    while True:
-        shard: list[Chunk] = []
-        rows = 0
-        while rows < shard_size:
-            chunk = pending if pending is not None else next(chunks, None)
-            pending = None
-            if chunk is None:
-                break
-            room = shard_size - rows
-            if len(chunk.texts) > room:
-                pending = Chunk(chunk.start + room, chunk.texts[room:], chunk.ids[room:] if chunk.ids else chunk.ids)
-                chunk = Chunk(chunk.start, chunk.texts[:room], chunk.ids[:room] if chunk.ids else chunk.ids)
-            shard.append(chunk)
-            rows += len(chunk.texts)
-        if not shard:
-            return
-        yield shard
+def _shards(chunks: Iterator[Chunk], shard_size: int) -> Iterator[Iterator[Chunk]]:
+    """Group chunks (which never cross a shard boundary, see :func:`iter_chunks`) into shards of ``shard_size``
+    rows, lazily: the chunks are read as the shard is written."""
+    pending = next(chunks, None)
+    while pending is not None:
+        shard_end = (pending.start // shard_size + 1) * shard_size
+
+        def one_shard(first: Chunk = pending, end: int = shard_end) -> Iterator[Chunk]:
+            nonlocal pending
+            chunk: Chunk | None = first
+            while chunk is not None and chunk.start < end:
+                yield chunk
+                chunk = next(chunks, None)
+            pending = chunk
+
+        yield one_shard()
 
 
-def _batches(embedder: Any, chunks: list[Chunk], manifest: dict[str, Any], bar: Any, *, kind: str | None,
+def _batches(embedder: Any, chunks: Iterator[Chunk], manifest: dict[str, Any], bar: Any, *, kind: str | None,
              sparse: bool, instruction: str | None, instruction_format: str | None, batch_size: int | None,
              output_dtype: str, calibration_rows: int) -> Iterator[ShardBatch]:
     """Encode and quantize the chunks of one shard, one :class:`ShardBatch` each (lazily: one chunk in memory).
@@ -213,7 +208,8 @@ def encode_to_parquet(
     if start:
         logger.info("resuming %s at row %d (shard %d; %d shards complete)", out, start, first_index, first_index)
 
-    chunks = iter_chunks(files, min(chunk_size, shard_size), text_field=text_field, id_field=id_field, start=start)
+    chunks = iter_chunks(files, min(chunk_size, shard_size), text_field=text_field, id_field=id_field, start=start,
+                         boundary=shard_size)
     first = next(chunks, None)
     if first is not None:
         id_type = "int64" if first.ids is None or isinstance(first.ids[0], int) else "string"
@@ -229,7 +225,7 @@ def encode_to_parquet(
     rows = start
     show = show_progress if show_progress is not None else os.isatty(2)
     with tqdm(desc="Encoding", unit="text", initial=start, disable=not show) as bar:
-        for index, shard_chunks in enumerate(_rechunk(chunks, shard_size), start=first_index):
+        for index, shard_chunks in enumerate(_shards(chunks, shard_size), start=first_index):
             batches = _batches(embedder, shard_chunks, manifest, bar, kind=kind, sparse=sparse,
                                instruction=instruction, instruction_format=instruction_format,
                                batch_size=batch_size, output_dtype=output_dtype, calibration_rows=calibration_rows)

@@ -195,9 +195,12 @@ def _parquet_rows(path: Path, text_field: str, id_field: str | None, skip: int) 
 
 
 def iter_chunks(files: list[Path], chunk_size: int, *, text_field: str = "text", id_field: str | None = None,
-                start: int = 0) -> Iterator[Chunk]:
+                start: int = 0, boundary: int | None = None) -> Iterator[Chunk]:
     """Stream the rows of ``files`` (in order) as :class:`Chunk` s of ``chunk_size`` rows, from corpus row
     ``start`` on (rows before it are counted, not parsed: how ``--resume`` skips completed shards).
+
+    With ``boundary`` (the shard size) no chunk crosses a multiple of it: chunk boundaries then depend on the shard
+    alone, so a resumed run batches (and so rounds) every shard exactly as an uninterrupted run.
 
     With ``id_field``, every id must be of one kind (all strings or all integers); a row that breaks that raises
     :class:`DataError` naming it.
@@ -234,7 +237,7 @@ def iter_chunks(files: list[Path], chunk_size: int, *, text_field: str = "text",
                 ids.append(value)
             texts.append(text)
             row += 1
-            if len(texts) == chunk_size:
+            if len(texts) == chunk_size or (boundary is not None and row % boundary == 0):
                 yield Chunk(chunk_start, texts, ids if id_field is not None else None)
                 chunk_start += len(texts)
                 texts, ids = [], []
