@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import make_texts, peak_rss_mb, run_worker  # noqa: E402
+from benchmarks._common import peak_rss_mb, run_worker  # noqa: E402
 
 ENGINES = ("parquet", "npy", "st-pool")
 
@@ -137,6 +137,24 @@ def recall(folder: str, model: str, batch_size: int) -> dict:
     return {"data": data.summary() | {"files": None}, "model": model, "dtypes": rows}
 
 
+def write_texts(path: Path, n: int, seed: int = 0) -> None:
+    """``n`` short pseudo-sentences (3-12 words of the MiniLM vocabulary), written in blocks of 100,000."""
+    import numpy as np
+
+    from embedkit.models import minilm_path
+
+    vocab = (minilm_path() / "vocab.txt").read_text(encoding="utf-8").split("\n")
+    words = np.array([w for w in vocab[2000:] if w.isalpha() and len(w) > 1])
+    rng = np.random.default_rng(seed)
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(0, n, 100_000):
+            m = min(100_000, n - i)
+            lengths = rng.integers(3, 13, size=m)
+            picks = words[rng.integers(0, len(words), size=int(lengths.sum()))]
+            ends = np.cumsum(lengths)
+            fh.writelines(" ".join(picks[e - k:e]) + "\n" for k, e in zip(lengths, ends, strict=True))
+
+
 def _model(name: str, tmp: Path) -> str:
     if name == "tiny":
         from tests.conftest import build_tiny_bert
@@ -182,9 +200,7 @@ def main() -> None:
         model = _model(args.model, tmp)
         for n in [int(x) for x in args.n.split(",")]:
             src = tmp / f"texts-{n}.txt"
-            with open(src, "w", encoding="utf-8") as fh:
-                for i in range(0, n, 100_000):  # generated in blocks: the driver stays small too
-                    fh.writelines(t + "\n" for t in make_texts(min(100_000, n - i), 3, 12, seed=i))
+            write_texts(src, n)
             for engine in args.engines.split(","):
                 if engine == "st-pool" and args.model == "tiny":
                     continue  # no sentence-transformers files in the tiny model
