@@ -105,6 +105,9 @@ def test_refuses_a_plain_rerun_and_a_foreign_folder(tiny, tmp_path):
     assert "--resume" in exc.value.hint
     again = encode_to_parquet(tiny, src, out, shard_size=8, resume=True)  # complete: nothing to do
     assert again.written == 0 and again.rows == 20
+    (out / "part-00001.parquet").unlink()  # a finished run missing a shard: --resume writes it (and what follows)
+    again = encode_to_parquet(tiny, src, out, shard_size=8, resume=True)
+    assert (again.written, again.shards, again.rows) == (2, 3, 20) and verify_output(out)["problems"] == []
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")

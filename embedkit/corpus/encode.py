@@ -193,8 +193,9 @@ def encode_to_parquet(
             if shard["start"] != (done[-1]["end"] if done else 0) or not (out / shard["file"]).is_file():
                 break
             done.append(shard)
+        intact = len(done) == len(manifest["shards"])
         manifest["shards"] = done
-        if manifest.get("complete") and len(done) == len(manifest["shards"]):
+        if manifest.get("complete") and intact:
             logger.info("%s is complete (%d rows, %d shards): nothing to resume", out, manifest["rows"], len(done))
             return CorpusResult(out, manifest["rows"], len(done), 0, manifest)
     else:
