@@ -152,7 +152,7 @@ def encode_to_parquet(
         shard_size: rows per ``part-NNNNN.parquet``; chunk_size: rows read and encoded at a time (memory bound).
         output_dtype: ``float32`` | ``float16`` | ``int8`` | ``uint8`` | ``binary`` | ``ubinary``
             (sentence-transformers' ``quantize_embeddings``); int8 / uint8 ranges are calibrated on the first
-            ``min(calibration_rows, chunk_size)`` rows and stored in the manifest.
+            ``min(calibration_rows, chunk_size, shard_size)`` rows (the first chunk) and stored in the manifest.
         resume: continue a run whose manifest is in ``out_dir`` (model, spec, options and input must match).
         sparse: also write bge-m3 lexical weights as ``sparse: list<struct<index:int32, value:float32>>``.
 
@@ -187,7 +187,7 @@ def encode_to_parquet(
     if has_manifest:
         manifest = read_manifest(out)
         check_resume(out, manifest, identity)
-        manifest["model"] = identity["model"]
+        manifest["model"], manifest["input"] = identity["model"], identity["input"]  # paths may have moved
         done = []
         for shard in manifest["shards"]:  # the completed prefix; a gap (never written by us) is redone
             if shard["start"] != (done[-1]["end"] if done else 0) or not (out / shard["file"]).is_file():
