@@ -31,6 +31,7 @@ EXTRAS: dict[str, str] = {
     "prometheus_client": "serve",
     "starlette": "serve",
     "ray": "ray",
+    "pyarrow": "corpus",
 }
 """Top-level module name -> the extra of ``pyproject.toml`` that installs it."""
 

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"spec", "pooling", "batching", "verify", "search"},
     {"backends", "precision"},
     {"embedder", "m3", "rerank", "__init__"},
-    {"checkpoint", "export", "eval", "parity", "recipe"},
+    {"checkpoint", "export", "eval", "parity", "recipe", "corpus"},
     {"train", "serve"},
     {"cli", "demo", "__main__"},
 ]

@@ -1,4 +1,5 @@
-"""``embedkit encode``: texts from a file -> float32 .npy (or, with ``--m3``, a bge-m3 .npz)."""
+"""``embedkit encode``: texts from a file -> float32 .npy (or, with ``--m3``, a bge-m3 .npz), or a corpus of any size
+-> a folder of Parquet shards with a manifest (``--format parquet``, streamed and resumable)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,21 @@ logger = logging.getLogger("embedkit")
 
 def encode(
     model: str = typer.Argument(..., help="Local model folder, or 'minilm' for the bundled all-MiniLM-L6-v2."),
-    input: Path = typer.Option(..., "--input", "-i", help=".txt (one text per line) or .jsonl file."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the float32 .npy (atomically)."),
-    field: str = typer.Option("text", help="Field holding the text in a .jsonl input."),
+    input: Path = typer.Option(..., "--input", "-i", help=".txt (one text per line) or .jsonl file (with --format "
+                               "parquet also .parquet, a folder of them or a quoted glob of shards)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the float32 .npy (atomically), or the "
+                                "folder of Parquet shards."),
+    field: str = typer.Option("text", "--field", "--text-field", help="Field (.jsonl) or column (.parquet) holding "
+                              "the text."),
+    format: str | None = typer.Option(None, "--format", help="npy | parquet (default: from the --output extension: "
+                                      ".npy, .npz with --m3, .parquet)."),
+    id_field: str | None = typer.Option(None, "--id-field", help="With --format parquet: field / column holding "
+                                        "each row's id (default: the row number)."),
+    shard_size: int = typer.Option(100_000, "--shard-size", min=1, help="With --format parquet: rows per shard."),
+    resume: bool = typer.Option(False, "--resume", help="With --format parquet: continue the run recorded in "
+                                "OUTPUT/_embedkit.json (model, spec and input must match)."),
+    output_dtype: str = typer.Option("float32", "--output-dtype", help="With --format parquet: float32 | float16 | "
+                                     "int8 | uint8 | binary | ubinary (sentence-transformers' quantize_embeddings)."),
     queries: bool = typer.Option(False, "--queries", help="Encode as queries: query instruction + max length."),
     passages: bool = typer.Option(False, "--passages", help="Encode as passages: passage instruction + length."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Texts per forward pass."),
@@ -50,6 +63,12 @@ def encode(
     Example: embedkit encode minilm --input texts.txt --output vectors.npy
 
     Example: embedkit encode bge-m3 --m3 --sparse --colbert --input texts.txt --output out.npz
+
+    With --format parquet (or an OUTPUT ending in .parquet), OUTPUT is a folder of part-NNNNN.parquet shards (id,
+    embedding as fixed_size_list, with --m3 --sparse a sparse column) and _embedkit.json; input is streamed in
+    chunks, each shard is recorded when written, and --resume continues a killed run.
+
+    Example: embedkit encode minilm --passages -i corpus.jsonl --id-field id -o vectors/ --format parquet
     """
     from .._io import refuse_overwriting_inputs
     from ..embedder import Embedder
@@ -59,6 +78,22 @@ def encode(
 
     if queries and passages:
         raise SpecError("--queries and --passages are exclusive", hint="pick one (or neither for plain texts)")
+    chosen = _choose_format(format, output, m3)
+    if chosen == "parquet":
+        _encode_parquet(model, input, output, field=field, id_field=id_field, shard_size=shard_size, resume=resume,
+                        output_dtype=output_dtype, queries=queries, passages=passages, m3=m3, sparse=sparse,
+                        colbert=colbert, sparse_format=sparse_format, instruction=instruction,
+                        instruction_format=instruction_format,
+                        options=dict(pooling=pooling, normalize=normalize, max_length=max_length,
+                                     truncate_dim=truncate_dim, device=device, dtype=dtype, precision=precision,
+                                     batch_size=batch_size, max_batch_tokens=max_batch_tokens),
+                        progress=progress)
+        return
+    parquet_only = [flag for flag, used in (("--id-field", id_field is not None), ("--resume", resume),
+                                            ("--shard-size", shard_size != 100_000),
+                                            ("--output-dtype", output_dtype != "float32")) if used]
+    if parquet_only:
+        raise SpecError(f"{', '.join(parquet_only)} apply to Parquet output", hint="add --format parquet")
     if not m3 and (sparse or colbert or sparse_format != "csr"):
         raise SpecError("--sparse, --colbert and --sparse-format are bge-m3 outputs", hint="add --m3")
     if m3:
@@ -73,7 +108,8 @@ def encode(
     if not m3 and output.suffix.lower() != ".npy":  # never numpy bytes under a name that promises something else
         raise SpecError(f"--output {output}: encode writes a float32 .npy array, not "
                         f"{output.suffix or 'a file without an extension'}",
-                        hint=f"name it {output.with_suffix('.npy').name} (np.load reads it)")
+                        hint=f"name it {output.with_suffix('.npy').name} (np.load reads it), or pass --format parquet "
+                        "for a folder of Parquet shards")
     texts = read_texts(input, field=field)
     kind = "queries" if queries else "passages" if passages else None
     overrides = instruction_overrides("query" if queries else "passage" if passages else None, instruction,
@@ -90,6 +126,52 @@ def encode(
     save_npy(output, vectors)
     typer.echo(f"wrote {output} {tuple(vectors.shape)} float32 ({len(texts)} texts from {input}); "
                f"precision {embedder.precision_summary}")
+
+
+def _choose_format(format: str | None, output: Path, m3: bool) -> str:
+    """``npy`` (an .npy, or the .npz of --m3) or ``parquet``: --format, else the output's extension."""
+    if format is None:
+        return "parquet" if output.suffix.lower() == ".parquet" else "npy"
+    if format not in ("npy", "parquet"):
+        raise SpecError(f"unknown --format {format!r}", hint="use 'npy' (or .npz with --m3) or 'parquet'")
+    return format
+
+
+def _encode_parquet(model: str, input: Path, output: Path, *, field: str, id_field: str | None, shard_size: int,
+                    resume: bool, output_dtype: str, queries: bool, passages: bool, m3: bool, sparse: bool,
+                    colbert: bool, sparse_format: str, instruction: str | None, instruction_format: str | None,
+                    options: dict, progress: bool | None) -> None:
+    """``--format parquet``: stream INPUT into Parquet shards under OUTPUT (see
+    :func:`embedkit.corpus.encode_to_parquet`)."""
+    from ..corpus import encode_to_parquet
+    from ..corpus.quantize import check_output_dtype
+    from ..embedder import Embedder
+    from ..spec import instruction_overrides
+
+    check_output_dtype(output_dtype)
+    if sparse and not m3:
+        raise SpecError("--sparse is a bge-m3 output", hint="add --m3")
+    if colbert or sparse_format != "csr":
+        raise SpecError("--colbert and --sparse-format are not written to Parquet output",
+                        hint="use --m3 --sparse (a 'sparse' column) or write an .npz without --format parquet")
+    kind = "queries" if queries else "passages" if passages else None
+    overrides = instruction_overrides("query" if queries else "passage" if passages else None, instruction,
+                                      instruction_format)
+    options = dict(options, show_progress=False, **overrides)
+    if m3:
+        from ..m3 import M3Embedder
+
+        embedder: Any = M3Embedder(model, return_dense=True, return_sparse=sparse, return_colbert=False, **options)
+    else:
+        embedder = Embedder(model, **options)
+    result = encode_to_parquet(embedder, input, output, kind=kind, text_field=field, id_field=id_field,
+                               shard_size=shard_size, output_dtype=output_dtype, resume=resume, sparse=sparse,
+                               instruction=instruction if kind is None else None,
+                               instruction_format=instruction_format if kind is None else None,
+                               show_progress=progress)
+    resumed = f", {result.shards - result.written} already complete" if result.shards > result.written else ""
+    typer.echo(f"wrote {output}: {result.rows} rows in {result.shards} shard(s) ({result.written} this run{resumed}), "
+               f"{output_dtype}, dim {embedder.dim}; precision {embedder.precision_summary}")
 
 
 def _run(embedder: Any, texts: list[str], kind: str | None, instruction: str | None,
