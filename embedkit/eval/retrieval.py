@@ -113,6 +113,25 @@ def encode_corpus_cached(embedder: Any, data: EvalData, cache_dir: Path | None, 
 
 
 # ---------------------------------------------------------------------- evaluate
+def retrieve(embedder: Any, data: EvalData, top_k: int, *, batch_size: int | None = None,
+             cache_dir: str | Path | None = "default") -> tuple[dict[str, dict[str, float]], bool]:
+    """``(run, cache_hit)``: each query's ``top_k`` documents by exact inner product, ``{qid: {doc id: score}}``
+    best first (the dicts keep that order), the corpus vectors from the cache when possible.
+
+    Queries are encoded with the embedder's query instruction, documents as passages.
+    """
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
+    corpus_vecs, hit = encode_corpus_cached(embedder, data, Path(cache_dir) if cache_dir else None, batch_size)
+    qids = list(data.queries)
+    query_vecs = embedder.encode_queries([data.queries[q] for q in qids], batch_size=batch_size)
+    scores, idx = search(query_vecs, corpus_vecs, top_k, feature="evaluation")
+    doc_ids = list(data.corpus)
+    run = {q: {doc_ids[j]: float(s) for s, j in zip(scores[i], idx[i], strict=True) if j >= 0}
+           for i, q in enumerate(qids)}
+    return run, hit
+
+
 def evaluate(model: Any, data: EvalData | str | Path, *, split: str = "test", ks: tuple[int, ...] = DEFAULT_KS,
              batch_size: int | None = None, cache_dir: str | Path | None = "default",
              show_progress: bool | None = None, name: str | None = None) -> EvalResult:
@@ -129,15 +148,7 @@ def evaluate(model: Any, data: EvalData | str | Path, *, split: str = "test", ks
     if not isinstance(data, EvalData):
         data = load_eval_data(data, split)
     embedder = model if isinstance(model, Embedder) else Embedder(model, show_progress=show_progress)
-    if cache_dir == "default":
-        cache_dir = default_cache_dir()
-    corpus_vecs, hit = encode_corpus_cached(embedder, data, Path(cache_dir) if cache_dir else None, batch_size)
-    qids = list(data.queries)
-    query_vecs = embedder.encode_queries([data.queries[q] for q in qids], batch_size=batch_size)
-    scores, idx = search(query_vecs, corpus_vecs, max(ks), feature="evaluation")
-    doc_ids = list(data.corpus)
-    run = {q: {doc_ids[j]: float(s) for s, j in zip(scores[i], idx[i], strict=True) if j >= 0}
-           for i, q in enumerate(qids)}
+    run, hit = retrieve(embedder, data, max(ks), batch_size=batch_size, cache_dir=cache_dir)
     metrics = compute_metrics(data.qrels, run, ks)
     label = name or (str(embedder.path) if embedder.path else "model")
     return EvalResult(model=label, data=data.summary(), metrics=metrics, ks=tuple(sorted(set(ks))),
