@@ -165,7 +165,7 @@ HELP_GROUPS: dict[str, list[str]] = {
 }
 # the transformers.TrainingArguments people set most (embedkit's defaults shown where it changes them)
 COMMON_TRAINING_ARGUMENTS = [
-    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_ratio",
+    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps",
     "gradient_accumulation_steps", "bf16", "fp16", "gradient_checkpointing", "logging_steps", "save_strategy",
     "save_steps", "eval_steps", "resume_from_checkpoint", "seed",
 ]
@@ -278,7 +278,7 @@ _SHORT_HELP = {
     "max_steps": "Stop after N optimizer steps (overrides --num_train_epochs).",
     "per_device_train_batch_size": "Queries per process per step (each with --train_group_size passages).",
     "learning_rate": "Peak learning rate (AdamW).",
-    "warmup_ratio": "Fraction of the steps spent warming the learning rate up.",
+    "warmup_steps": "Steps warming the learning rate up (below 1: a fraction of all steps).",
     "gradient_accumulation_steps": "Steps to accumulate before each optimizer step.",
     "bf16": "Train in bfloat16 mixed precision.",
     "fp16": "Train in float16 mixed precision (GPU).",

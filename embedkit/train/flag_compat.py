@@ -37,7 +37,7 @@ class Flag:
     name: str
     kind: str
     handle: Callable[[str, list[str]], list[str]]  # (flag, values) -> embedkit tokens (or raise / note)
-    summary: str  # for the --help table: "-> --query_instruction", "ignored: ...", "refused: ..."
+    summary: str  # for the --help table: "--query_instruction", "ignored (offline)", "false only", "refused"
 
 
 def _note(flag: str, text: str) -> None:
@@ -135,9 +135,10 @@ def _kd_loss_type(flag: str, values: list[str]) -> list[str]:
 
 
 def _sub_batch_size(flag: str, values: list[str]) -> list[str]:
-    n = int(_one(flag, values)) if _one(flag, values).lstrip("-").isdigit() else None
-    if n is None:
-        raise ArgumentError(f"--{flag} expects an integer, got {values[0]!r}", hint=f"--{flag} 32")
+    try:
+        n = int(_one(flag, values))
+    except ValueError:
+        raise ArgumentError(f"--{flag} expects an integer, got {values[0]!r}", hint=f"--{flag} 32") from None
     if n <= 0:
         return []
     _note(flag, f"encoding in chunks of {n} with GradCache (--grad_cache_chunk {n}): the same loss and gradients "
@@ -159,8 +160,9 @@ def _warmup_ratio(flag: str, values: list[str]) -> list[str]:
 def _same_dataset(flag: str, values: list[str]) -> list[str]:
     if _bool(flag, values):
         _note(flag, "approximated: embedkit batches mix rows of every training file (FlagEmbedding draws each batch "
-                    "from one file, halves the batch for 'symmetric' types, and turns in-batch negatives off for "
-                    "'*no_in_batch_neg' paths); to keep tasks apart, fine-tune on each file separately")
+                    "from one file, halves the batch and prompts passages for 'symmetric' types, and turns in-batch "
+                    "negatives off for '*no_in_batch_neg' paths); to keep tasks apart, fine-tune on each file "
+                    "separately (--no_in_batch_negatives where FlagEmbedding turns them off)")
     return []
 
 
@@ -327,8 +329,8 @@ def translate(argv: list[str]) -> list[str]:
                                 "embedkit's)", hint="give it once")
         out.extend(tokens)
     if seen and not seen & {"knowledge_distillation", "kd_loss_type"} and "kd_loss" not in given_own:
-        logger.warning("FlagEmbedding flags in use: note that embedkit distills from pos_scores/neg_scores whenever the "
-                       "training data has them (FlagEmbedding only with --knowledge_distillation True); pass "
+        logger.warning("FlagEmbedding flags in use: note that embedkit distills from pos_scores/neg_scores whenever "
+                       "the training data has them (FlagEmbedding only with --knowledge_distillation True); pass "
                        "--knowledge_distillation False to ignore them")
     return out
 
