@@ -261,7 +261,7 @@ def format_help(prog: str = PROG) -> str:
     block("all transformers.TrainingArguments are accepted (--help-all lists them); the ones set most",
           [_describe(train_fields[name], help_text=_short_help(name)) for name in COMMON_TRAINING_ARGUMENTS
            if name in train_fields])
-    block("FlagEmbedding's flags (its command lines run unchanged; --help-all lists the refused ones)",
+    block("FlagEmbedding's flags (aliases: next to embedkit's flag above; --help-all lists all of them)",
           alias_help(everything=False))
     block("help", [("--config FILE", "YAML or JSON file of arguments (flags given after it win)."),
                    ("-h, --help", "This help."),

@@ -336,7 +336,7 @@ def translate(argv: list[str]) -> list[str]:
 
 
 def alias_help(everything: bool = True) -> list[tuple[str, str]]:
-    """``(FlagEmbedding flag, what embedkit does with it)`` pairs for ``--help`` (without ``everything``: only the
-    flags that change something; the refused ones and those accepted at their default only are left out)."""
+    """``(FlagEmbedding flag, what embedkit does with it)`` pairs for ``--help-all``; without ``everything`` (for
+    ``--help``) only the accepted flags that are not aliases (``--help`` shows those next to embedkit's flag)."""
     return [(f"--{f.name}", f.summary) for f in FLAGS.values()
-            if everything or not (f.summary.startswith("refused") or f.summary.endswith(" only"))]
+            if everything or not (f.summary.startswith(("refused", "--")) or f.summary.endswith(" only"))]
