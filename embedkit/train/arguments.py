@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 
 from .._optional import require
 from ..errors import ArgumentError, DataError, EmbedkitError
+from .flag_compat import ALIASES, alias_help, translate
 
 logger = logging.getLogger("embedkit")
 
@@ -164,7 +165,7 @@ HELP_GROUPS: dict[str, list[str]] = {
 }
 # the transformers.TrainingArguments people set most (embedkit's defaults shown where it changes them)
 COMMON_TRAINING_ARGUMENTS = [
-    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_ratio",
+    "output_dir", "num_train_epochs", "max_steps", "per_device_train_batch_size", "learning_rate", "warmup_steps",
     "gradient_accumulation_steps", "bf16", "fp16", "gradient_checkpointing", "logging_steps", "save_strategy",
     "save_steps", "eval_steps", "resume_from_checkpoint", "seed",
 ]
@@ -209,6 +210,8 @@ def _describe(f: Any, help_text: str | None = None) -> tuple[str, str]:
     else:
         value = next((v for k, v in (("int", "N"), ("float", "X")) if k in kind), "TEXT")
     description = help_text if help_text is not None else (f.metadata or {}).get("help", "")
+    if f.name in ALIASES:
+        description += f" (FlagEmbedding: --{ALIASES[f.name]})"
     if f.default is MISSING and f.default_factory is MISSING:
         description += " [required]"
     elif f.default not in (None, "", MISSING):
@@ -258,6 +261,8 @@ def format_help(prog: str = PROG) -> str:
     block("all transformers.TrainingArguments are accepted (--help-all lists them); the ones set most",
           [_describe(train_fields[name], help_text=_short_help(name)) for name in COMMON_TRAINING_ARGUMENTS
            if name in train_fields])
+    block("FlagEmbedding's flags (aliases: next to embedkit's flag above; --help-all lists all of them)",
+          alias_help(everything=False))
     block("help", [("--config FILE", "YAML or JSON file of arguments (flags given after it win)."),
                    ("-h, --help", "This help."),
                    ("--help-all", "Every flag, all of transformers.TrainingArguments too.")])
@@ -273,7 +278,7 @@ _SHORT_HELP = {
     "max_steps": "Stop after N optimizer steps (overrides --num_train_epochs).",
     "per_device_train_batch_size": "Queries per process per step (each with --train_group_size passages).",
     "learning_rate": "Peak learning rate (AdamW).",
-    "warmup_ratio": "Fraction of the steps spent warming the learning rate up.",
+    "warmup_steps": "Steps warming the learning rate up (below 1: a fraction of all steps).",
     "gradient_accumulation_steps": "Steps to accumulate before each optimizer step.",
     "bf16": "Train in bfloat16 mixed precision.",
     "fp16": "Train in float16 mixed precision (GPU).",
@@ -291,7 +296,8 @@ def _short_help(name: str) -> str | None:
 
 def format_full_help(prog: str = PROG) -> str:
     """``finetune --help-all``: argparse's help of every flag (embedkit's and all of ``TrainingArguments``)."""
-    return _Parser.build(prog).format_help()
+    pairs = "\n".join(f"  {flag.ljust(38)}{what}" for flag, what in alias_help())
+    return f"{_Parser.build(prog).format_help()}\nFlagEmbedding's flags (translated before parsing):\n{pairs}"
 
 
 def help_requested(argv: list[str], prog: str = PROG) -> str | None:
@@ -318,7 +324,7 @@ def parse_args(argv: list[str], prog: str = PROG) -> tuple[ModelArguments, DataA
         if i + 1 >= len(argv):
             raise DataError("--config needs a file", hint="--config train.yaml")
         argv = _flatten(load_config_file(argv[i + 1])) + argv[:i] + argv[i + 2:]
-    argv = [_normalize_flag(a) for a in argv]
+    argv = translate([_normalize_flag(a) for a in argv])  # FlagEmbedding's names and values -> embedkit's
     parser = _Parser.build(prog)
     try:
         model_args, data_args, train_args, rest = parser.parse_args_into_dataclasses(

@@ -123,14 +123,16 @@ def parse_row(obj: Any) -> TrainExample | str:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files and folders (every ``*.jsonl`` inside, sorted) -> a list of files."""
+    """Files and folders (every ``*.jsonl`` and ``*.json`` inside, sorted, as FlagEmbedding reads a folder of
+    ``--train_data``) -> a list of files."""
     out: list[Path] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(p.rglob("*.jsonl"))
+            found = sorted(f for f in p.rglob("*") if f.suffix in (".jsonl", ".json") and f.is_file())
             if not found:
-                raise DataError(f"{p} holds no .jsonl files", hint="pass .jsonl files or folders containing them")
+                raise DataError(f"{p} holds no .jsonl or .json files",
+                                hint="pass .jsonl files or folders containing them")
             out.extend(found)
         elif p.is_file():
             out.append(p)
