@@ -164,3 +164,21 @@ def test_bad_input_is_refused_with_the_flag_named(tmp_path, data, cross_encoder,
     assert "2 labels" in capsys.readouterr().err
     assert main(["finetune", "--help"]) == 0
     assert "--reranker" in capsys.readouterr().out
+
+
+def test_lora_adapter_and_merged_model(cross_encoder, data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "lora"
+    final = run_reranker(*parse_args(_args(cross_encoder, data, out, "--lora", "--lora_r", "4", "--merge_lora",
+                                           "--max_steps", "3", "--save_strategy", "no")))
+    assert final == out / "adapter" and (final / "adapter_model.safetensors").is_file()
+    assert verify_manifest(final).ok and verify_manifest(out / "merged").ok
+    base = AutoModelForSequenceClassification.from_pretrained(cross_encoder)
+    merged_by_peft = PeftModel.from_pretrained(base, final).merge_and_unload().eval()
+    r = Reranker(out / "merged", device="cpu", show_progress=False)
+    batch = PairCollator(r.tokenizer, r.spec)([{"query": q, "passages": [p], "scores": None} for q, p in PAIRS])
+    with torch.no_grad():
+        expected = merged_by_peft(**batch["features"]).logits.reshape(-1).numpy()
+    assert np.abs(np.asarray(r.compute_score(PAIRS)) - expected).max() <= 1e-5
