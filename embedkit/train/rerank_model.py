@@ -20,9 +20,10 @@ from .._optional import require
 from ..errors import CheckpointError, EmbedkitError
 from ..folder.layout import read_config
 from ..folder.loading import hf_config, load_model
+from ..models import model_display_name
 from ..rerank.spec import check_reranker_config, is_reranker_config
-from .loss import kd_loss
 from .lora import LORA_TARGETS
+from .loss import kd_loss
 
 logger = logging.getLogger("embedkit")
 
@@ -117,7 +118,7 @@ def load_reranker_model(path: Path, *, trust_pickle: bool = False, seed: int | N
     head = sorted({n.split(".")[0] for n, _ in model.named_parameters() if not n.startswith(prefix + ".")})
     fresh_pooler = [k for k in result.missing_keys if k.startswith("pooler.")]
     logger.warning("%s is an embedding model (%s): added a fresh one-label classification head (%s%s, random "
-                   "initialization) to train it as a reranker", path.name,
+                   "initialization) to train it as a reranker", model_display_name(path),
                    ", ".join(map(str, config.get("architectures") or [type(base).__name__])), ", ".join(head),
                    " + a fresh pooler" if fresh_pooler else "")
     return model, True

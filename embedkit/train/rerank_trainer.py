@@ -16,7 +16,7 @@ import torch
 from ..errors import DataError
 from ..folder.layout import check_model_folder, read_config
 from ..folder.loading import load_tokenizer
-from ..models import resolve_model_path
+from ..models import model_display_name, resolve_model_path
 from ..rerank.spec import DEFAULT_MAX_LENGTH, RerankerSpec, is_reranker_config, load_reranker_spec
 from ..spec import model_token_limit
 from .arguments import DataArguments, EmbedkitTrainingArguments, ModelArguments
@@ -142,7 +142,7 @@ def run_reranker(model_args: ModelArguments, data_args: DataArguments, train_arg
         check_ranks_in_sync(inner)
     final = out / (ADAPTER_DIR if model_args.lora else FINAL_MODEL_DIR)
     if trainer.is_world_process_zero():
-        card = {"base_model": model_args.model_name_or_path,
+        card = {"base_model": model_display_name(model_args.model_name_or_path),
                 "training": {"recipe": "FlagEmbedding reranker (group cross-entropy, positive first)",
                              "data": ", ".join(summary["files"]), "rows": summary["rows"],
                              "steps": trainer.state.global_step, "group_size": data_args.train_group_size,
