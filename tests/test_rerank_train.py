@@ -182,3 +182,16 @@ def test_lora_adapter_and_merged_model(cross_encoder, data, tmp_path):
     with torch.no_grad():
         expected = merged_by_peft(**batch["features"]).logits.reshape(-1).numpy()
     assert np.abs(np.asarray(r.compute_score(PAIRS)) - expected).max() <= 1e-5
+
+
+def test_resume_from_a_reranker_checkpoint(trained, cross_encoder, data, tmp_path):
+    from safetensors.torch import load_file
+
+    out, _ = trained
+    resumed = tmp_path / "resumed"
+    final = run_reranker(*parse_args(_args(cross_encoder, data, resumed, "--resume_from_checkpoint",
+                                           str(out / "checkpoint-10"), "--save_strategy", "no")))
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(11, 21))  # continued from step 10, with the checkpoint's weights
+    assert load_file(final / "model.safetensors").keys() == load_file(out / "model" / "model.safetensors").keys()
