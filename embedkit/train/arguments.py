@@ -162,10 +162,10 @@ HELP_GROUPS: dict[str, list[str]] = {
               "trust_pickle"],
     "data": ["train_data", "train_group_size", "skip_invalid"],
     "loss": ["temperature", "in_batch_negatives", "negatives_cross_device", "kd_loss", "kd_weight"],
-    "reranker": ["reranker", "max_length"],
     "LoRA": ["lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora"],
     "GradCache": ["grad_cache_chunk"],
     "bge-m3": ["unified", "self_distill", "self_distill_start_step"],
+    "reranker": ["reranker", "max_length"],
     "eval": ["eval_data", "eval_split"],
     "output": ["plot_loss", "overwrite_output_dir"],
 }
