@@ -5,7 +5,8 @@ A cross-encoder's scores depend on more than its weights: how a (query, passage)
 instruction, and the activation applied on top of the logit. Resolution order, per field, never silent
 (``spec.provenance`` records which rule decided each field):
 
-1. arguments the user passes;
+1. arguments the user passes, then the spec ``embedkit finetune --reranker`` recorded in ``config.json``
+   (``embedkit_reranker``: the truncation and lengths it trained with);
 2. the folder's own sentence-transformers files (a folder saved by ``CrossEncoder``:
    ``config_sentence_transformers.json`` ``model_type: CrossEncoder`` / ``activation_fn``, or ``config.json``
    ``sentence_transformers.activation_fn``);
