@@ -22,7 +22,10 @@ def finetune_command(ctx: typer.Context) -> None:
     if text is not None:
         typer.echo(text)
         return
-    final = run(*parse_args(list(ctx.args)))
+    args = parse_args(list(ctx.args))
+    if args[0].reranker:
+        from ..train.rerank_trainer import run_reranker as run
+    final = run(*args)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: said once, by the main process
         typer.echo(f"trained model: {final}")
 

@@ -35,13 +35,17 @@ def longest_first_pairs(tokenizer: Any, queries: Sequence[str], passages: Sequen
 
 
 def flagembedding_pairs(tokenizer: Any, queries: Sequence[str], passages: Sequence[str], max_length: int,
-                        query_max_length: int) -> Features:
-    """FlagReranker's pair tokenization (see the module docstring), as the installed transformers makes it."""
+                        query_max_length: int, passage_max_length: int | None = None) -> Features:
+    """FlagReranker's pair tokenization (see the module docstring), as the installed transformers makes it.
+
+    ``passage_max_length``: cut the passage alone to it first (FlagEmbedding's reranker *training* data,
+    ``--passage_max_len``); inference (FlagReranker) cuts it to ``max_length``."""
     if not queries:
         return {"input_ids": [], "attention_mask": []}
     q_ids = tokenizer(list(queries), add_special_tokens=False, max_length=query_max_length, truncation=True,
                       padding=False)["input_ids"]
-    p_ids = tokenizer(list(passages), add_special_tokens=False, max_length=max_length, truncation=True,
+    p_ids = tokenizer(list(passages), add_special_tokens=False, max_length=passage_max_length or max_length,
+                      truncation=True,
                       padding=False)["input_ids"]
     prepare = getattr(tokenizer, "prepare_for_model", None)
     if callable(prepare):  # transformers < 5: the ids are joined as they are
@@ -77,13 +81,16 @@ def _round_trip(tokenizer: Any, q_ids: list[list[int]], p_ids: list[list[int]], 
 
 
 def pair_features(tokenizer: Any, queries: Sequence[str], passages: Sequence[str], *, truncation: str,
-                  max_length: int, query_max_length: int | None = None) -> Features:
-    """Tokenize pairs the way ``truncation`` (``"flagembedding"`` / ``"longest_first"``) says, without padding."""
+                  max_length: int, query_max_length: int | None = None,
+                  passage_max_length: int | None = None) -> Features:
+    """Tokenize pairs the way ``truncation`` (``"flagembedding"`` / ``"longest_first"``) says, without padding.
+
+    ``passage_max_length`` (training only, ``flagembedding`` only): the passage's own limit before joining."""
     if truncation == "longest_first":
         return longest_first_pairs(tokenizer, queries, passages, max_length)
     if truncation == "flagembedding":
         qml = query_max_length if query_max_length is not None else max_length * 3 // 4
-        return flagembedding_pairs(tokenizer, queries, passages, max_length, qml)
+        return flagembedding_pairs(tokenizer, queries, passages, max_length, qml, passage_max_length)
     raise ValueError(f"unknown truncation {truncation!r}")
 
 

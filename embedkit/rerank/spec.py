@@ -5,7 +5,8 @@ A cross-encoder's scores depend on more than its weights: how a (query, passage)
 instruction, and the activation applied on top of the logit. Resolution order, per field, never silent
 (``spec.provenance`` records which rule decided each field):
 
-1. arguments the user passes;
+1. arguments the user passes, then the spec ``embedkit finetune --reranker`` recorded in ``config.json``
+   (``embedkit_reranker``: the truncation and lengths it trained with);
 2. the folder's own sentence-transformers files (a folder saved by ``CrossEncoder``:
    ``config_sentence_transformers.json`` ``model_type: CrossEncoder`` / ``activation_fn``, or ``config.json``
    ``sentence_transformers.activation_fn``);
@@ -255,6 +256,8 @@ def resolve_reranker_spec(folder: Path, overrides: dict[str, Any] | None = None,
     """
     config = read_config(folder) if config is None else config
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    recorded = _recorded(config, given)
+    given = {**recorded, **given}
     unknown = set(given) - set(RerankerSpec.field_names())
     if unknown:
         raise SpecError(f"unknown reranker spec field(s): {', '.join(sorted(unknown))}",
@@ -330,8 +333,27 @@ def resolve_reranker_spec(folder: Path, overrides: dict[str, Any] | None = None,
     else:
         values["activation"], prov["activation"] = "sigmoid", f"{DEFAULT} for one label (CrossEncoder's)"
 
+    for name in recorded:
+        prov[name] = f"config.json {RECORD_KEY} (recorded by embedkit finetune --reranker)"
     spec = RerankerSpec(**values, provenance=prov)
     return spec.validate(limit)
+
+
+RECORD_KEY = "embedkit_reranker"
+"""``config.json`` key under which ``embedkit finetune --reranker`` records the spec it trained with (truncation,
+lengths, instruction, activation): read after the user's arguments, before any other rule."""
+
+
+def _recorded(config: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields recorded in ``config.json`` (``None`` values and fields the user passed left out; the
+    recorded ``query_max_length`` too when the user picks another truncation)."""
+    record = config.get(RECORD_KEY)
+    if not isinstance(record, dict):
+        return {}
+    keep = set(RerankerSpec.field_names()) - {"num_labels"} - set(given)
+    if given.get("truncation", "flagembedding") != "flagembedding":
+        keep.discard("query_max_length")
+    return {k: v for k, v in record.items() if k in keep and v is not None}
 
 
 def load_reranker_spec(model: str | Path, overrides: dict[str, Any] | None = None, *,

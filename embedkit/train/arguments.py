@@ -31,8 +31,14 @@ class ModelArguments:
     query_instruction_format: str | None = field(default=None, metadata={"help": 'Format, e.g. "{}{}".'})
     passage_instruction: str | None = field(default=None, metadata={"help": "Instruction before each passage."})
     passage_instruction_format: str | None = field(default=None, metadata={"help": 'Format, e.g. "{}{}".'})
-    query_max_length: int | None = field(default=None, metadata={"help": "Token limit for queries."})
-    passage_max_length: int | None = field(default=None, metadata={"help": "Token limit for passages."})
+    query_max_length: int | None = field(default=None, metadata={"help": "Token limit for queries.",
+                                                                 "aliases": ["--query_max_len"]})
+    passage_max_length: int | None = field(default=None, metadata={"help": "Token limit for passages.",
+                                                                   "aliases": ["--passage_max_len"]})
+    reranker: bool = field(default=False, metadata={"help": "Train a cross-encoder reranker (FlagEmbedding's recipe; "
+                                                    "an embedding model gets a fresh one-label head)."})
+    max_length: int | None = field(default=None, metadata={"help": "--reranker: token limit of the joined (query, "
+                                                            "passage) pair.", "aliases": ["--max_len"]})
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -160,6 +166,7 @@ HELP_GROUPS: dict[str, list[str]] = {
     "LoRA": ["lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_lora"],
     "GradCache": ["grad_cache_chunk"],
     "bge-m3": ["unified", "self_distill", "self_distill_start_step"],
+    "reranker": ["reranker", "max_length"],
     "eval": ["eval_data", "eval_split"],
     "output": ["plot_loss", "overwrite_output_dir"],
 }
