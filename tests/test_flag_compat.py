@@ -110,7 +110,7 @@ def test_every_flagembedding_argument_is_accepted_or_refused_by_name(base_argv):
     unhandled = [n for n in fields if n not in FLAGS and n not in _own_fields() and n not in own]
     assert unhandled == []
     assert outcome["fix_encoder"] == "default only" and outcome["sentence_pooling_method"] == "accepted"
-    assert outcome["query_instruction_for_rerank"] == "refused"
+    assert outcome["query_instruction_for_rerank"] == "accepted" and outcome["start_layer"] == "refused"
 
 
 def test_aliases_and_mapped_values(base_argv, caplog):
@@ -151,7 +151,9 @@ def test_changed_meanings_are_noted_and_conflicts_refused(base_argv, caplog):
         parse_args([*base_argv, "--warmup_ratio", "1.5"])
     with pytest.raises(ArgumentError, match="--trust_remote_code"):
         parse_args([*base_argv, "--trust_remote_code"])
-    with pytest.raises(ArgumentError, match="--max_len is a FlagEmbedding argument embedkit does not implement"):
+    with pytest.raises(ArgumentError, match="--start_layer is a FlagEmbedding argument embedkit does not implement"):
+        parse_args([*base_argv, "--start_layer", "8"])
+    with pytest.raises(ArgumentError, match="--max_length .FlagEmbedding: --max_len. is the joined pair"):
         parse_args([*base_argv, "--max_len", "512"])
 
 
@@ -259,8 +261,43 @@ def test_bge_m3_unified_example_runs_with_python_m_embedkit_train(tmp_path, monk
     assert any("loss" in r for r in rows)
 
 
-def test_reranker_example():
-    if importlib.util.find_spec("embedkit.train.reranker") is None:
-        pytest.skip("no --reranker fine-tuning in embedkit yet: FlagEmbedding's reranker flags are refused by name "
-                    "(test_every_flagembedding_argument_is_accepted_or_refused_by_name)")
-    pytest.skip("--reranker landed: add FlagEmbedding's reranker README command line here")
+# examples/finetune/reranker/README.md of FlagEmbedding 1.4 (encoder-only base)
+RERANKER_EXAMPLE = """torchrun --nproc_per_node 2 -m FlagEmbedding.finetune.reranker.encoder_only.base
+ --model_name_or_path BAAI/bge-reranker-v2-m3 --cache_dir ./cache/model
+ --train_data ./example_data/normal/examples.jsonl --cache_path ./cache/data --train_group_size 8
+ --query_max_len 256 --passage_max_len 256 --pad_to_multiple_of 8 --knowledge_distillation False
+ --output_dir ./test_encoder_only_base_bge-reranker-base --overwrite_output_dir --learning_rate 6e-5 --fp16
+ --num_train_epochs 2 --per_device_train_batch_size 2 --gradient_accumulation_steps 1 --dataloader_drop_last True
+ --warmup_ratio 0.1 --gradient_checkpointing --weight_decay 0.01 --deepspeed ../../ds_stage0.json --logging_steps 1
+ --save_steps 1000"""
+
+
+def test_reranker_example_runs_with_python_m_embedkit_train_reranker(tmp_path, monkeypatch, caplog):
+    from embedkit import Reranker
+    from tests.test_rerank import _build_bert
+
+    model = _build_bert(tmp_path / "tiny-reranker")
+    data, out = tmp_path / "example_data", tmp_path / "run"
+    _rows(data / "normal" / "examples.jsonl", 12)
+    argv = _readme(RERANKER_EXAMPLE.replace("BAAI/bge-reranker-v2-m3", "BAAI/bge-m3").replace(
+        "./test_encoder_only_base_bge-reranker-base", "./test_encoder_only_m3_bge-m3_sd").replace(" 256", " 32"),
+        "embedkit.train.reranker", model, data, out)
+    monkeypatch.setattr(sys, "argv", ["embedkit.train.reranker", *argv[1:]])
+    with caplog.at_level(logging.WARNING, logger="embedkit"), pytest.raises(SystemExit) as done:
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    assert done.value.code == 0
+    assert "--cache_dir: ignored" in caplog.text
+    final = out / "model"
+    reranker = Reranker(final, show_progress=False)
+    assert reranker.spec.query_max_length == 32
+    score = reranker.compute_score(("what is bge", "bge is an embedding model"))
+    assert isinstance(score, float)
+
+
+def test_reranker_flags_map_to_the_reranker_trainer(base_argv):
+    m, d, t = parse_args([*base_argv, "--reranker", "--max_len", "48", "--query_instruction_for_rerank", "Q: ",
+                          "--model_type", "encoder", "--sep_token", "|"])
+    assert (m.max_length, m.query_instruction) == (48, "Q: ")
+    for bad in (["--model_type", "decoder"], ["--start_layer", "8"], ["--passage_instruction_for_rerank", "P: "]):
+        with pytest.raises(ArgumentError, match=bad[0]):
+            parse_args([*base_argv, "--reranker", *bad])

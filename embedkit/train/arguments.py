@@ -342,6 +342,10 @@ def parse_args(argv: list[str], prog: str = PROG) -> tuple[ModelArguments, DataA
         raise ArgumentError(str(exc), hint=f"run '{prog} --help-all' for the valid values") from None
     if rest:
         raise _unknown(rest, parser, prog)
+    if model_args.max_length is not None and not model_args.reranker:
+        raise ArgumentError("--max_length (FlagEmbedding: --max_len) is the joined pair's token limit of "
+                            "--reranker training; an embedder has --query_max_length / --passage_max_length",
+                            hint="add --reranker to train a cross-encoder, or drop --max_length")
     check_output_dir(train_args, given="--output_dir" in argv or any(a.startswith("--output_dir=") for a in argv))
     return model_args, data_args, train_args
 

@@ -173,9 +173,8 @@ def _target_modules(flag: str, values: list[str]) -> list[str]:
 
 
 _OFFLINE = "embedkit never downloads: models are local folders and data are read in place"
-_RERANKER = ("reranker fine-tuning is a separate trainer in FlagEmbedding (FlagEmbedding.finetune.reranker); "
-             "'embedkit finetune' trains embedders")
-_RERANKER_INSTEAD = "drop the flag; train rerankers with FlagEmbedding's reranker module"
+_DECODER = ("decoder-only (LLM / layerwise) rerankers are not trained by embedkit; 'embedkit finetune --reranker' "
+            "trains encoder cross-encoders")
 _ICL = "in-context-learning embedders (bge-en-icl) are not trained by embedkit"
 
 FLAGS: dict[str, Flag] = {f.name: f for f in [
@@ -260,11 +259,19 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     *[Flag(name, kind, refused(_ICL, "drop the flag"), "refused") for name, kind in (
         ("example_query_max_len", "value"), ("example_passage_max_len", "value"),
         ("retrieval_use_examples", "bool"), ("icl_suffix_str", "value"))],
-    # rerankers
-    *[Flag(name, kind, refused(_RERANKER, _RERANKER_INSTEAD), "refused (reranker)") for name, kind in (
-        ("query_instruction_for_rerank", "value"), ("passage_instruction_for_rerank", "value"),
-        ("max_len", "value"), ("sep_token", "value"), ("model_type", "value"), ("start_layer", "value"),
-        ("head_multi", "bool"), ("head_type", "value"))],
+    # rerankers (embedkit finetune --reranker: FlagEmbedding's encoder-only reranker recipe)
+    Flag("query_instruction_for_rerank", "value", alias("query_instruction"), "--query_instruction (--reranker)"),
+    Flag("passage_instruction_for_rerank", "value",
+         refused("embedkit's reranker joins the passage as it is (no passage instruction)",
+                 "drop the flag, or put the instruction into the passages of the data"), "refused"),
+    Flag("max_len", "value", alias("max_length"), "--max_length (--reranker)"),
+    Flag("sep_token", "value", ignored("only FlagEmbedding's decoder-only (LLM) rerankers join with it; an encoder "
+                                       "cross-encoder joins query and passage with its tokenizer's separator"),
+         "ignored (decoder-only rerankers)"),
+    Flag("model_type", "value", default_only(lambda v: v == ["encoder"], _DECODER, "drop --model_type or pass encoder"),
+         "encoder only"),
+    *[Flag(name, kind, refused(_DECODER, "drop the flag"), "refused (decoder-only rerankers)") for name, kind in (
+        ("start_layer", "value"), ("head_multi", "bool"), ("head_type", "value"))],
     # transformers < 5 arguments FlagEmbedding scripts pass
     Flag("warmup_ratio", "value", _warmup_ratio, "--warmup_steps (a value below 1 is a ratio)"),
 ]}
