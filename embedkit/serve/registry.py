@@ -131,10 +131,11 @@ def load_reranker(path: str, name: str, config: ServeConfig, metrics: Any = None
                   on_health: Callable[[str, bool], None] | None = None) -> ServedModel:
     """Load a cross-encoder folder as :class:`~embedkit.Reranker` (the server's precision, device and token budget)
     and start its queue, whose items are tokenized (query, passage) pairs run by
-    :class:`~embedkit.serve.queue.RerankRunner`."""
+    :class:`~embedkit.serve.runner.RerankRunner`."""
     from ..models import resolve_model_path
     from ..rerank import Reranker
-    from .queue import BatchQueue, RerankRunner, Tokenizers
+    from .queue import BatchQueue, Tokenizers
+    from .runner import RerankRunner
 
     folder = resolve_model_path(path)
     engine = Reranker(folder, precision=config.precision, device=config.device, show_progress=False,
