@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"backends", "precision"},
     {"embedder", "m3", "rerank", "__init__"},
     {"checkpoint", "export", "eval", "parity", "recipe"},
-    {"train"},
+    {"train", "release"},
     {"cli", "demo", "__main__"},
 ]
 

@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import EmbedkitError
-from . import checkpoint, encode, export, manifest, merge, mine, parity, recipe, rerank, spec, train
+from . import checkpoint, encode, export, manifest, merge, mine, parity, recipe, release, rerank, spec, train
 from . import eval as eval_
 from . import inspect as inspect_
 
@@ -65,7 +65,7 @@ def _version(value: bool) -> None:
 
 # one module per command group, each adding its own commands; this order is the order of `embedkit --help`
 COMMAND_MODULES = (checkpoint, encode, rerank, eval_, merge, recipe, inspect_, manifest, mine, export, parity, spec,
-                   train)
+                   train, release)
 for _module in COMMAND_MODULES:
     _module.register(app)
 
