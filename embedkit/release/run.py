@@ -108,6 +108,25 @@ class _Steps:
                     entry.unlink(missing_ok=True)
 
 
+class _DropAssumedSpecWarning(logging.Filter):
+    """The intermediate folders' "assuming pooling=..." warning, when the user settled the spec already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "recorded (no sentence-transformers files" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _spec_settled(plan: ReleasePlan) -> Any:
+    settled = plan.options.pooling is not None or plan.options.accept_assumed_spec
+    flt = _DropAssumedSpecWarning()
+    if settled:
+        logger.addFilter(flt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(flt)
+
+
 def build_stages(plan: ReleasePlan) -> tuple[Path, _Steps]:
     """Run merge / slim, save (+ conversion) and ONNX export in the work folder; return the last stage's folder."""
     opts = plan.options
@@ -119,14 +138,16 @@ def build_stages(plan: ReleasePlan) -> tuple[Path, _Steps]:
         def merge_step(out: Path) -> dict[str, Any]:
             from ..checkpoint.merge import merge_lora
 
-            report = merge_lora(plan.base, plan.src, out, trust_pickle=opts.trust_pickle)
+            with _spec_settled(plan):
+                report = merge_lora(plan.base, plan.src, out, trust_pickle=opts.trust_pickle)
             return {"verification": report.verification, "max_abs_diff": report.max_abs_diff,
                     "base_max_abs_diff": report.base_max_abs_diff, "lora": report.lora, "files": report.files}
         stage = steps.run("merge", {}, merge_step)
     else:
         def slim_step(out: Path) -> dict[str, Any]:
-            report = slim(plan.src, out, tokenizer=plan.base if plan.tokenizer_from_base else None,
-                          trust_pickle=opts.trust_pickle)
+            with _spec_settled(plan):
+                report = slim(plan.src, out, tokenizer=plan.base if plan.tokenizer_from_base else None,
+                              trust_pickle=opts.trust_pickle)
             return report.to_dict()
         stage = steps.run("slim", {"tokenizer": str(plan.base)}, slim_step)
 
