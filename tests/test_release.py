@@ -22,6 +22,7 @@ from embedkit import CheckpointError, Embedder, SpecError
 from embedkit.checkpoint.manifest import verify_manifest
 from embedkit.cli import main
 from embedkit.release import ReleaseOptions, plan_release, release, work_dir
+from tests.test_eval import _bench
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["the quick brown fox", "hello world cat", "", "中文 测试", "what is bge " * 40]
@@ -102,8 +103,13 @@ def test_lora_adapter_release_merges_onto_its_recorded_base(tiny_bert, tmp_path)
     dst = tmp_path / "lora-release"
     plan = plan_release(adapter, dst, ReleaseOptions(pooling="cls", onnx=False))
     assert [s.name for s in plan.steps][:2] == ["merge", "save"] and plan.base == tiny_bert.resolve()
-    report = release(adapter, dst, ReleaseOptions(pooling="cls", onnx=False), texts=TEXTS)
+    bench = _bench(tmp_path / "bench")
+    report = release(adapter, dst, ReleaseOptions(pooling="cls", onnx=False, eval_data=str(bench),
+                                                  baseline=str(tiny_bert)), texts=TEXTS)
     assert verify_manifest(dst).ok and report.parity["ok"]
+    assert set(report.metrics["release"]["metrics"]) == set(report.metrics["baseline"]["metrics"])
+    md = (dst / "RELEASE.md").read_text(encoding="utf-8")
+    assert "## Metrics" in md and "| metric | baseline | release | change |" in md and "before " in md
     assert "adapter_model.safetensors" in report.plan["merged"] and not (dst / "adapter_config.json").exists()
     merged = Embedder(dst, show_progress=False).encode(TEXTS)
     assert not _close(merged, Embedder(tiny_bert, pooling="cls", show_progress=False).encode(TEXTS), 1e-3)
