@@ -60,8 +60,11 @@ def flag_output(tiny_bert, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def released(flag_output, tmp_path_factory):
+    from embedkit.checkpoint.manifest import generate_keypair
+
+    private, _public = generate_keypair(tmp_path_factory.mktemp("keys") / "release.key")
     dst = tmp_path_factory.mktemp("releases") / "bge-tiny-ft"
-    return dst, release(flag_output, dst, ReleaseOptions(pooling="cls"), texts=TEXTS)
+    return dst, release(flag_output, dst, ReleaseOptions(pooling="cls", sign=str(private)), texts=TEXTS)
 
 
 def test_release_loads_everywhere_with_equal_vectors(released, flag_output, capsys):
@@ -69,7 +72,9 @@ def test_release_loads_everywhere_with_equal_vectors(released, flag_output, caps
     from sentence_transformers import SentenceTransformer
 
     dst, report = released
-    assert verify_manifest(dst).ok and main(["verify", str(dst)]) == 0
+    public = report.snippets["verify"].split("--public-key ")[1]
+    assert verify_manifest(dst, public_key=public).signature == "valid"
+    assert main(["verify", str(dst), "--public-key", public]) == 0 and report.signed
     assert not work_dir(dst).exists() and not [p for p in dst.parent.iterdir() if p.name.startswith(".")]
     assert all(c["passed"] for c in report.parity["checks"])
     assert {"embedkit-onnx", "sentence-transformers", "flagembedding", "recipe"} <= set(report.parity["engines"])
