@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"backends", "precision"},
     {"embedder", "m3", "rerank", "__init__"},
     {"checkpoint", "export", "eval", "parity", "recipe", "corpus"},
-    {"train", "serve"},
+    {"train", "release", "serve"},
     {"cli", "demo", "__main__"},
 ]
 

@@ -11,7 +11,22 @@ import typer
 
 from .. import __version__
 from ..errors import EmbedkitError
-from . import checkpoint, corpus, encode, export, manifest, merge, mine, parity, recipe, rerank, serve, spec, train
+from . import (
+    checkpoint,
+    corpus,
+    encode,
+    export,
+    manifest,
+    merge,
+    mine,
+    parity,
+    recipe,
+    release,
+    rerank,
+    serve,
+    spec,
+    train,
+)
 from . import eval as eval_
 from . import inspect as inspect_
 
@@ -65,7 +80,7 @@ def _version(value: bool) -> None:
 
 # one module per command group, each adding its own commands; this order is the order of `embedkit --help`
 COMMAND_MODULES = (checkpoint, encode, corpus, rerank, eval_, merge, recipe, inspect_, manifest, mine, export, parity,
-                   spec, train, serve)
+                   spec, train, release, serve)
 for _module in COMMAND_MODULES:
     _module.register(app)
 
