@@ -167,7 +167,7 @@ def reranker_model_card(spec: Any, *, name: str, source: str | None = None, base
     if notes:
         lines += ["", "## Notes", ""] + [f"- {_markdown_line(n)}" for n in notes]
     placeholder = python_literal(PLACEHOLDER_PATH)
-    peer = "FlagReranker" if spec.truncation == "flagembedding" else "CrossEncoder and TEI"
+    peer = "FlagReranker" if spec.truncation == "flagembedding" else "CrossEncoder"
     qml = spec.resolved_query_max_length
     flag_args = f", max_length={python_literal(spec.max_length)}"
     if qml is not None:
@@ -183,12 +183,14 @@ def reranker_model_card(spec: Any, *, name: str, source: str | None = None, base
         ce_prep = [f"instruction, fmt = {python_literal(spec.query_instruction)}, {python_literal(fmt)}",
                    "pairs = [(fmt.format(instruction, q), p) for q, p in pairs]  # CrossEncoder adds no instruction"]
     tei_body = json.dumps({"query": "what is a panda?",
-                           "texts": ["The giant panda is a bear.", "Paris is in France."], "raw_scores": True})
+                           "texts": ["The giant panda is a bear.", "Paris is in France."], "raw_scores": True,
+                           "truncate": True})
     lines += [
         "", "## Usage (the same scores in every library)", "",
         f"Pairs that fit in {spec.max_length} tokens score the same everywhere. Longer pairs are cut as this model's "
         f"recipe says ({_code(spec.truncation)}, as {peer} cut them): FlagReranker cuts the query to its own limit "
-        "and then only the passage, CrossEncoder and TEI cut the longer text first.", "",
+        "and then only the passage, CrossEncoder cuts the longer text first. TEI cuts the longer text first too "
+        "(with `truncate: true`), but at the model's own position limit rather than at `max_length`.", "",
         "### embedkit", "", "```python", "from embedkit import Reranker", "",
         f"model = Reranker({placeholder})  # the recipe above is read from config.json",
         f"scores = model.compute_score({pairs})  # logits; normalize=True for sigmoid",
