@@ -256,8 +256,10 @@ def test_spec_arguments_are_checked(models):
         Reranker(models["xlmr"], device="cpu", max_length=512, truncation="flagembedding")
     with pytest.raises(SpecError, match="exactly two"):
         Reranker(models["bert"], device="cpu", query_instruction="q: ", query_instruction_format="{}")
-    with pytest.raises(SpecError, match="int8"):
-        Reranker(models["bert"], device="cpu", precision="int8")
+    # int8 is the ONNX export's graph (tests/test_rerank_io.py); without an export: fp32 with a warning, as Embedder
+    assert Reranker(models["bert"], device="cpu", precision="int8").precision == "fp32"
+    with pytest.raises(CheckpointError, match="no ONNX export"):
+        Reranker(models["bert"], backend="onnx")
 
 
 # ---------------------------------------------------------------------- spec resolution

@@ -82,7 +82,7 @@ def test_trained_folder_scores_equal_in_reranker_flagreranker_and_crossencoder(t
     _, final = trained
     r = Reranker(final, device="cpu", show_progress=False)
     assert r.spec.truncation == "flagembedding" and r.spec.max_length == 32 and r.spec.query_max_length == 12
-    assert "recorded by embedkit" in r.spec.provenance["truncation"]
+    assert "saved by embedkit" in r.spec.provenance["truncation"]
     ours = np.asarray(r.compute_score(PAIRS))
     flag = np.asarray(FlagReranker(str(final), use_fp16=False, devices="cpu", max_length=32,
                                    query_max_length=12).compute_score(PAIRS))

@@ -7,6 +7,8 @@ attributes:
   attention_mask)`` as tensors; the caller pools (:func:`embedkit.pooling.embed`) and may run heads on them (bge-m3).
 * ``"pooled"`` (:class:`PooledBackend`, the ONNX backend): ``forward(features) -> (batch, dim)`` float32 final vectors;
   pooling, truncation and normalization are baked into the graph.
+* ``"scores"`` (:class:`ScoresBackend`, a cross-encoder's ONNX graph): ``forward(features) -> (batch,)`` float32
+  scores, one per (query, passage) pair; :class:`embedkit.Reranker` runs it.
 
 :func:`vectors` turns either into final vectors; :func:`embedkit.backends.factory.create_backend` picks a backend and
 its precision (with the quality gate).
@@ -22,8 +24,8 @@ import torch
 from .. import pooling
 from .finite import NonFiniteOutputError, check_finite
 
-OutputKind = Literal["hidden", "pooled"]
-OUTPUT_KINDS: tuple[str, ...] = ("hidden", "pooled")
+OutputKind = Literal["hidden", "pooled", "scores"]
+OUTPUT_KINDS: tuple[str, ...] = ("hidden", "pooled", "scores")
 
 PROTOCOL_ATTRIBUTES: tuple[str, ...] = ("output", "hidden_size", "input_names", "device", "dtype")
 """What every backend instance has (besides ``forward``)."""
@@ -60,6 +62,21 @@ class PooledBackend(Protocol):
         ...
 
 
+@runtime_checkable
+class ScoresBackend(Protocol):
+    """A backend that returns one score per (query, passage) pair (a cross-encoder's exported graph)."""
+
+    output: Literal["scores"]
+    hidden_size: int
+    input_names: tuple[str, ...]
+    device: Any
+    dtype: Any
+
+    def forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the graph on padded pair ``features``; return ``(batch,)`` float32 scores."""
+        ...
+
+
 Backend = HiddenBackend | PooledBackend
 """What :class:`embedkit.Embedder` runs: branch on ``backend.output``."""
 
@@ -77,5 +94,5 @@ def vectors(backend: Backend, padded: dict[str, np.ndarray], spec: Any, rows: np
     return pooled.float().cpu().numpy()
 
 
-__all__ = ["Backend", "HiddenBackend", "PooledBackend", "OutputKind", "OUTPUT_KINDS", "PROTOCOL_ATTRIBUTES",
-           "vectors", "NonFiniteOutputError", "check_finite"]
+__all__ = ["Backend", "HiddenBackend", "PooledBackend", "ScoresBackend", "OutputKind", "OUTPUT_KINDS",
+           "PROTOCOL_ATTRIBUTES", "vectors", "NonFiniteOutputError", "check_finite"]

@@ -14,7 +14,13 @@ import numpy as np
 from .._optional import require
 from ..errors import CheckpointError, SpecError
 from ..folder.fingerprint import sha256_file, weights_fingerprint
-from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, read_export_info
+from ..folder.onnx_files import (
+    EMBEDDER_FILE,
+    EMBEDDER_INT8_FILE,
+    RERANKER_FILE,
+    RERANKER_INT8_FILE,
+    read_export_info,
+)
 
 PRECISIONS = ("fp32", "int8")
 
@@ -77,3 +83,69 @@ class OnnxBackend:
         """Padded features -> final vectors (float32)."""
         feed = {n: features[n].astype(np.int64, copy=False) for n in self.input_names}
         return self.session.run(None, feed)[0]
+
+
+def _int8_missing_reason(info: dict[str, Any]) -> str:
+    int8 = info.get("int8")
+    if not int8:
+        return " (int8 was not requested at export)"
+    tried = int8.get("tried") or []
+    if tried and "max_abs_diff" in tried[0]:
+        best = min(tried, key=lambda t: t["max_abs_diff"])
+        return (f" (it failed the quality gate: best max |sigmoid diff| {best['max_abs_diff']:.4f}, Spearman "
+                f"{best['spearman']:.4f})")
+    return " (it failed the quality gate)"
+
+
+class OnnxScoreBackend:
+    """Runs a cross-encoder's embedkit ONNX export (``onnx/reranker.onnx`` or ``reranker_int8.onnx``): padded pair
+    features -> one float32 score per pair (``output = "scores"``). Refuses an export made from other weights, or a
+    graph changed since export.
+
+    ``activation``: ``"identity"`` (the graph returns logits) or ``"sigmoid"`` (exported with ``sigmoid=True``).
+    """
+
+    output: Literal["scores"] = "scores"
+
+    def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
+        ort = require("onnxruntime", "backend='onnx'")
+
+        if precision not in PRECISIONS:
+            raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")
+        folder = Path(model_dir)
+        self.info = read_export_info(folder)
+        if self.info.get("kind") != "reranker":
+            raise CheckpointError(f"the ONNX export in {folder} is an embedder's, not a reranker's",
+                                  hint="re-export the cross-encoder: `embedkit export onnx MODEL OUT`")
+        rel = RERANKER_INT8_FILE if precision == "int8" else RERANKER_FILE
+        path = folder / rel
+        if not path.is_file():
+            why = _int8_missing_reason(self.info) if precision == "int8" else ""
+            raise CheckpointError(f"{folder} has no {rel}{why}",
+                                  hint="use precision='fp32', or re-export with `embedkit export onnx --quantize int8`")
+        recorded = self.info.get("files", {}).get(rel)
+        if recorded and sha256_file(path) != recorded:
+            raise CheckpointError(f"{path} does not match its export record (changed or damaged since export)",
+                                  hint=f"re-export: `embedkit export onnx {self.info.get('source', 'MODEL')} OUT`")
+        current = weights_fingerprint(folder)
+        source = self.info.get("source_weights", {})
+        if current and source and current != source:
+            raise CheckpointError(
+                f"the ONNX export in {folder} was made from other weights than the ones in the folder now",
+                hint="re-export the current model: `embedkit export onnx MODEL OUT`")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        self.hidden_size = 1
+        self.activation = "sigmoid" if self.info.get("sigmoid") else "identity"
+        self.precision = precision
+        self.device = "cpu"
+        self.dtype = f"onnx-{precision}"
+
+    def forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """Padded pair features -> ``(batch,)`` float32 scores."""
+        feed = {n: features[n].astype(np.int64, copy=False) for n in self.input_names}
+        return np.asarray(self.session.run(None, feed)[0], dtype=np.float32).reshape(-1)

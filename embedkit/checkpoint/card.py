@@ -127,3 +127,91 @@ def model_card(spec: EmbedderSpec, *, name: str, source: str | None = None, base
     ]
     lines += [""]
     return "\n".join(lines)
+
+
+_ST_ACTIVATION_PATHS = {"sigmoid": "torch.nn.modules.activation.Sigmoid",
+                        "identity": "torch.nn.modules.linear.Identity",
+                        "tanh": "torch.nn.modules.activation.Tanh"}
+"""What sentence-transformers' CrossEncoder reads from ``config.json`` ``sentence_transformers.activation_fn``."""
+
+
+def reranker_model_card(spec: Any, *, name: str, source: str | None = None, base_model: str | None = None,
+                        architecture: str | None = None, dtype: str | None = None, num_parameters: int | None = None,
+                        training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                        notes: list[str] | None = None) -> str:
+    """Markdown model card of a cross-encoder (:class:`embedkit.rerank.RerankerSpec`): the reranking recipe with its
+    provenance, and how to load the model with embedkit, FlagEmbedding's FlagReranker, sentence-transformers'
+    CrossEncoder and TEI with the same scores. Escaping as :func:`model_card` (values as ``repr`` / JSON literals)."""
+    from ..rerank.spec import describe_reranker
+
+    spec.validate()
+    lines = ["---", "library_name: sentence-transformers", "pipeline_tag: text-ranking",
+             "tags: [embedkit, sentence-transformers, cross-encoder, reranker, text-ranking]"]
+    if base_model:
+        lines.append(f"base_model: {_yaml_string(base_model)}")
+    lines += ["---", "", f"# {_text(name)}", "",
+              "Cross-encoder reranker saved by [embedkit](https://pypi.org/project/embedkit/): it scores a "
+              "(query, passage) pair with one logit."]
+    facts = [("source", source), ("base model", base_model), ("architecture", architecture), ("dtype", dtype),
+             ("parameters", f"{num_parameters:,}" if num_parameters else None)]
+    lines += [""] + [f"- **{k}**: {_code(v)}" for k, v in facts if v]
+    lines += ["", "## Reranking recipe", "", "| field | value | decided by |", "|---|---|---|"]
+    for field, value, rule in describe_reranker(spec):
+        lines.append(f"| {field} | {_code(json.dumps(value, ensure_ascii=False), in_table=True)} | "
+                     f"{_text(rule)} |")
+    if training:
+        lines += ["", "## Training", ""] + [f"- **{_text(k)}**: {_markdown_line(v)}" for k, v in training.items()]
+    if metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {_text(k)} | {_text(v)} |" for k, v in metrics.items()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {_markdown_line(n)}" for n in notes]
+    placeholder = python_literal(PLACEHOLDER_PATH)
+    peer = "FlagReranker" if spec.truncation == "flagembedding" else "CrossEncoder"
+    qml = spec.resolved_query_max_length
+    flag_args = f", max_length={python_literal(spec.max_length)}"
+    if qml is not None:
+        flag_args += f", query_max_length={python_literal(qml)}"
+    if spec.query_instruction is not None:
+        flag_args += (f",\n                     query_instruction_for_rerank={python_literal(spec.query_instruction)}, "
+                      f"query_instruction_format={python_literal(spec.query_instruction_format)}")
+    pairs = '[("what is a panda?", "The giant panda is a bear."), ("what is a panda?", "Paris is in France.")]'
+    ce_pairs = "pairs"
+    ce_prep: list[str] = []
+    if spec.query_instruction is not None:
+        fmt = spec.query_instruction_format.replace("\\n", "\n")
+        ce_prep = [f"instruction, fmt = {python_literal(spec.query_instruction)}, {python_literal(fmt)}",
+                   "pairs = [(fmt.format(instruction, q), p) for q, p in pairs]  # CrossEncoder adds no instruction"]
+    tei_body = json.dumps({"query": "what is a panda?",
+                           "texts": ["The giant panda is a bear.", "Paris is in France."], "raw_scores": True,
+                           "truncate": True})
+    lines += [
+        "", "## Usage (the same scores in every library)", "",
+        f"Pairs that fit in {spec.max_length} tokens score the same everywhere. Longer pairs are cut as this model's "
+        f"recipe says ({_code(spec.truncation)}, as {peer} cut them): FlagReranker cuts the query to its own limit "
+        "and then only the passage, CrossEncoder cuts the longer text first. TEI cuts the longer text first too "
+        "(with `truncate: true`), but at the model's own position limit rather than at `max_length`.", "",
+        "### embedkit", "", "```python", "from embedkit import Reranker", "",
+        f"model = Reranker({placeholder})  # the recipe above is read from config.json",
+        f"scores = model.compute_score({pairs})  # logits; normalize=True for sigmoid",
+        "```", "",
+        "### FlagEmbedding", "", "```python", "from FlagEmbedding import FlagReranker", "",
+        f"model = FlagReranker({placeholder}, use_fp16=False{flag_args})",
+        f"scores = model.compute_score({pairs}, normalize=False)",
+        "```", "",
+        "### sentence-transformers", "", "```python", "from sentence_transformers import CrossEncoder", "",
+        f"model = CrossEncoder({placeholder}, max_length={python_literal(spec.max_length)})",
+        f"pairs = {pairs}", *ce_prep,
+        f"scores = model.predict({ce_pairs})  # activation from config.json: "
+        f"{_ST_ACTIVATION_PATHS[spec.activation]}",
+        "```", "",
+        "### Text Embeddings Inference (`/rerank`)", "", "```bash",
+        "docker run -p 8080:80 -v \"$PWD/path/to/this/folder:/data/model\" "
+        "ghcr.io/huggingface/text-embeddings-inference:cpu-latest --model-id /data/model",
+        f"curl 127.0.0.1:8080/rerank -X POST -H 'Content-Type: application/json' -d '{tei_body}'",
+        "```", "",
+        "`raw_scores: true` returns the logits (as `compute_score(..., normalize=False)`); without it TEI applies "
+        "the sigmoid (as `predict`).",
+    ]
+    lines += [""]
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -17,12 +18,20 @@ from typing import Any
 
 from .. import spec as spec_module
 from .._io import atomic_dir, atomic_write, refuse_overwriting_inputs
-from ..errors import CheckpointError, SpecError
-from ..folder.layout import check_destination, check_model_folder, find_weight_files
+from ..errors import CheckpointError, EmbedkitError, SpecError
+from ..folder.layout import check_destination, check_model_folder, find_weight_files, read_json_file
 from ..folder.loading import load_model, load_tokenizer
 from ..folder.m3_heads import HEAD_NAMES, check_linear_head, load_head, write_head
 from ..folder.safe_load import load_state_dict, read_safetensors_header
 from ..models import model_display_name, resolve_model_path
+from ..rerank.spec import (
+    DEFAULT,
+    SAVED_KEY,
+    RerankerSpec,
+    check_reranker_config,
+    is_reranker_folder,
+    resolve_reranker_spec,
+)
 from ..spec import (
     ARGUMENT,
     EmbedderSpec,
@@ -30,7 +39,7 @@ from ..spec import (
     resolve_spec,
     sentence_transformers_files,
 )
-from .card import model_card
+from .card import _ST_ACTIVATION_PATHS, model_card, reranker_model_card
 from .manifest import write_manifest
 
 logger = logging.getLogger("embedkit")
@@ -43,7 +52,7 @@ class SaveResult:
     """What :func:`save` wrote."""
 
     path: Path
-    spec: EmbedderSpec
+    spec: EmbedderSpec | RerankerSpec
     files: list[str]
     sentence_transformers: bool
     warnings: list[str] = field(default_factory=list)
@@ -127,11 +136,20 @@ def save(
             e.g. from unified fine-tuning). By default a source folder's heads are carried over. Heads are written
             as ``colbert_linear.pt`` / ``sparse_linear.pt`` (FlagEmbedding) and the same tensors as ``.safetensors``.
 
+    A cross-encoder (a ``*ForSequenceClassification`` folder or model, or a :class:`~embedkit.rerank.RerankerSpec`)
+    is saved by :func:`save_reranker` (its ``spec_overrides``: ``truncation=``, ``max_length=``...).
+
     Example:
         >>> save("checkpoint-1500", "my-model", pooling="cls", query_instruction="query: ")
     """
     if format not in FORMATS:
         raise CheckpointError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    if _is_reranker_source(model_or_path, spec):
+        if m3_heads is not None:
+            raise CheckpointError("m3_heads belong to bge-m3 embedders, not to a reranker", hint="drop m3_heads")
+        return save_reranker(model_or_path, dst, spec if isinstance(spec, RerankerSpec) else None,
+                             tokenizer=tokenizer, format=format, dtype=dtype, overwrite=overwrite, sign_key=sign_key,
+                             card=card, trust_pickle=trust_pickle, **spec_overrides)
     torch_dtype = _torch_dtype(dtype)
     model, tokenizer, src = _load_source(model_or_path, dst, tokenizer, overwrite=overwrite, trust_pickle=trust_pickle)
     hidden_size = int(model.config.hidden_size)
@@ -170,6 +188,18 @@ def save(
     for w in warnings:
         logger.warning("%s", w)
     return SaveResult(path=dst, spec=spec, files=files, sentence_transformers=wrote_st, warnings=warnings)
+
+
+def _is_reranker_source(model_or_path: Any, spec: Any) -> bool:
+    """A reranker spec, a ``*ForSequenceClassification`` model object, or a folder whose config declares one."""
+    if isinstance(spec, RerankerSpec):
+        return True
+    if isinstance(model_or_path, (str, Path)):
+        try:
+            return is_reranker_folder(model_or_path)
+        except EmbedkitError:
+            return False
+    return is_reranker_model(model_or_path)
 
 
 def _load_source(model_or_path: Any, dst: str | Path, tokenizer: Any, *, overwrite: bool,
@@ -285,3 +315,150 @@ def _write_st_layout(folder: Path, spec: EmbedderSpec, hidden_size: int, warning
         warnings.append(f"the sentence-transformers layout could not be written ({type(exc).__name__}: {exc}); "
                         "the Hugging Face checkpoint is complete")
         return False
+
+
+# ---------------------------------------------------------------------- rerankers
+EMBEDDER_ONLY_FIELDS = ("pooling", "normalize", "passage_instruction", "passage_instruction_format",
+                        "passage_max_length", "truncate_dim", "do_lower_case")
+"""Spec fields of an embedder that a reranker does not have (refused by :func:`save_reranker`)."""
+
+
+def is_reranker_model(model: Any) -> bool:
+    """Whether a loaded ``transformers`` model is a sequence classifier (``*ForSequenceClassification``)."""
+    config = getattr(model, "config", None)
+    archs = list(getattr(config, "architectures", None) or []) + [type(model).__name__]
+    return any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs)
+
+
+def _reranker_spec_for(src: Path | None, model: Any, spec: RerankerSpec | None,
+                       overrides: dict[str, Any]) -> RerankerSpec:
+    """The spec to record: ``spec`` (with ``overrides``), else resolved from the source folder, else the defaults."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    bad = sorted(set(given) & set(EMBEDDER_ONLY_FIELDS))
+    if bad:
+        raise SpecError(f"{', '.join(bad)} apply to embedding models, not to a reranker", param=bad[0],
+                        hint="a reranker's recipe has truncation, max_length, query_max_length, query_instruction, "
+                        "query_instruction_format and activation")
+    unknown = sorted(set(given) - set(RerankerSpec.field_names()))
+    if unknown:
+        raise SpecError(f"unknown reranker spec field(s): {', '.join(unknown)}",
+                        hint=f"fields: {', '.join(RerankerSpec.field_names())}")
+    config = model.config.to_dict()
+    if spec is not None:
+        prov = dict(spec.provenance, **{k: ARGUMENT for k in given})
+        return dataclasses.replace(spec, **given, provenance=prov)
+    if src is not None:
+        return resolve_reranker_spec(src, given, config=config)
+    check_reranker_config(Path("<model>"), config)
+    values = {"num_labels": 1, **given}
+    prov = {name: (ARGUMENT if name in given else DEFAULT) for name in RerankerSpec.field_names()}
+    return RerankerSpec(**values, provenance=prov)
+
+
+def _load_reranker_source(model_or_path: Any, dst: Path, tokenizer: Any, *, overwrite: bool,
+                          trust_pickle: bool) -> tuple[Any, Any, Path | None]:
+    from transformers import AutoModelForSequenceClassification
+
+    src: Path | None = None
+    if isinstance(model_or_path, (str, Path)):
+        src = check_model_folder(resolve_model_path(model_or_path))
+        check_destination(dst, overwrite=overwrite, src=src)
+        tok_dir = resolve_model_path(tokenizer) if isinstance(tokenizer, (str, Path)) else None
+        refuse_overwriting_inputs(dst, model_dirs=[src, tok_dir], flag="DST")
+        check_reranker_config(src, read_json_file(src / "config.json", expect=dict))
+        model = load_model(src, trust_pickle=trust_pickle, auto_class=AutoModelForSequenceClassification,
+                           ignorable_missing=(), what="reranker")
+        tokenizer = tokenizer if tokenizer is not None else src
+    else:
+        model = model_or_path
+        if isinstance(tokenizer, (str, Path)):
+            refuse_overwriting_inputs(dst, model_dirs=[resolve_model_path(tokenizer)], flag="DST")
+        check_destination(dst, overwrite=overwrite)
+        if tokenizer is None:
+            raise CheckpointError("saving a model object needs its tokenizer", hint="pass tokenizer=...")
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(resolve_model_path(tokenizer),
+                                   hint="pass --tokenizer BASE_MODEL_DIR (training checkpoints often lack it)")
+    return model, tokenizer, src
+
+
+def _patch_json(path: Path, update: dict[str, Any]) -> None:
+    data = read_json_file(path, expect=dict)
+    data.update(update)
+    with atomic_write(path, "w") as fh:
+        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_reranker(
+    model_or_path: Any,
+    dst: str | Path,
+    spec: RerankerSpec | None = None,
+    *,
+    tokenizer: Any = None,
+    format: str = "safetensors",
+    dtype: Any = None,
+    overwrite: bool = False,
+    sign_key: str | Path | None = None,
+    card: dict[str, Any] | None = None,
+    trust_pickle: bool = False,
+    **spec_overrides: Any,
+) -> SaveResult:
+    """Save a one-label cross-encoder so that embedkit, FlagReranker, CrossEncoder and TEI give equal scores.
+
+    Args:
+        model_or_path: a local cross-encoder folder, or a loaded ``*ForSequenceClassification`` model (the trainer:
+            ``finetune --reranker``); multi-label heads and embedding models are refused.
+        dst: the destination folder (written atomically; must not exist unless ``overwrite``).
+        spec: the reranking recipe; by default resolved from the source folder (a model object without ``spec``
+            gets the defaults: FlagEmbedding's truncation, ``max_length=512``, sigmoid). ``spec_overrides``
+            (``truncation=``, ``max_length=``, ``query_max_length=``, ``query_instruction=``,
+            ``query_instruction_format=``, ``activation=``) replace fields of it.
+        tokenizer: a tokenizer or a folder to take it from (default: the source folder).
+        format / dtype / sign_key / card / trust_pickle: as :func:`embedkit.checkpoint.save.save`.
+
+    Returns a :class:`~embedkit.checkpoint.save.SaveResult` whose ``spec`` is the recorded :class:`RerankerSpec`.
+
+    Example:
+        >>> save_reranker("checkpoint-400", "my-reranker", truncation="longest_first", max_length=256)
+    """
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown format {format!r}", hint=f"use one of {', '.join(FORMATS)}")
+    torch_dtype = _torch_dtype(dtype)
+    dst = Path(dst)
+    model, tokenizer, src = _load_reranker_source(model_or_path, dst, tokenizer, overwrite=overwrite,
+                                                  trust_pickle=trust_pickle)
+    if not is_reranker_model(model):
+        raise CheckpointError(f"{type(model).__name__} is not a sequence classifier (*ForSequenceClassification)",
+                              hint="save embedding models with embedkit.checkpoint.save.save")
+    spec = _reranker_spec_for(src, model, spec, spec_overrides)
+    config_dict = model.config.to_dict()
+    spec.validate(model_token_limit(src, config_dict) if src is not None else None)
+    if torch_dtype is not None and model.dtype != torch_dtype:
+        model = (model if src is not None else copy.deepcopy(model)).to(torch_dtype)
+
+    record = spec.to_dict()
+    record.pop("num_labels")
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
+        state_dict = _write_model_files(tmp, model, tokenizer, format)
+        _patch_json(tmp / "config.json", {
+            "sentence_transformers": {"activation_fn": _ST_ACTIVATION_PATHS[spec.activation]},
+            SAVED_KEY: record,
+        })
+        if (tmp / "tokenizer_config.json").is_file():  # CrossEncoder's max_length (sentence-transformers >= 5)
+            _patch_json(tmp / "tokenizer_config.json", {"model_max_length": spec.max_length})
+        base_model = (card or {}).get("base_model") or config_dict.get("_name_or_path") or None
+        text = reranker_model_card(
+            spec, name=dst.name, source=str(src) if src else None,
+            base_model=model_display_name(base_model) if base_model else None,
+            architecture=(config_dict.get("architectures") or [type(model).__name__])[0],
+            dtype=str(model.dtype).replace("torch.", ""), num_parameters=sum(p.numel() for p in model.parameters()),
+            training=(card or {}).get("training"), metrics=(card or {}).get("metrics"),
+            notes=(card or {}).get("notes"))
+        with atomic_write(tmp / "README.md", "w") as fh:
+            fh.write(text)
+        check_model_folder(tmp)
+        _verify_weights(tmp, state_dict)
+        write_manifest(tmp, sign_key=sign_key)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    return SaveResult(path=dst, spec=spec, files=files, sentence_transformers=True)
+

@@ -23,6 +23,8 @@ def save_command(
     query_max_length: int | None = typer.Option(None, min=1, help="Token limit for queries."),
     passage_max_length: int | None = typer.Option(None, min=1, help="Token limit for passages."),
     truncate_dim: int | None = typer.Option(None, min=1, help="Output dimension (Matryoshka)."),
+    truncation: str | None = typer.Option(
+        None, help="Rerankers: flagembedding (FlagReranker) | longest_first (CrossEncoder, TEI)."),
     format: str = typer.Option("safetensors", "--format", help=_FORMAT_HELP),
     dtype: str | None = typer.Option(None, help="fp32 | fp16 | bf16 (default: keep)."),
     sentence_transformers: bool = typer.Option(
@@ -34,6 +36,9 @@ def save_command(
 ) -> None:
     """Save SRC as a Hugging Face model + sentence-transformers layout + model card + manifest in DST.
 
+    A cross-encoder (*ForSequenceClassification, one label) is saved for embedkit's Reranker, FlagReranker,
+    CrossEncoder and TEI, its reranking recipe (--truncation, --max-length, --query-max-length...) recorded.
+
     Example: embedkit save checkpoint-1500 my-model --pooling cls --query-instruction "query: "
     """
     from ..checkpoint.save import save
@@ -43,8 +48,13 @@ def save_command(
                   trust_pickle=trust_pickle, pooling=pooling, normalize=normalize,
                   query_instruction=query_instruction, query_instruction_format=query_instruction_format,
                   passage_instruction=passage_instruction, max_length=max_length, query_max_length=query_max_length,
-                  passage_max_length=passage_max_length, truncate_dim=truncate_dim)
+                  passage_max_length=passage_max_length, truncate_dim=truncate_dim,
+                  **({"truncation": truncation} if truncation is not None else {}))
     size = sum((result.path / f).stat().st_size for f in result.files)
+    if hasattr(result.spec, "truncation"):  # a reranker
+        typer.echo(f"saved reranker {result.path} (FlagReranker / CrossEncoder / TEI, {len(result.files)} files, "
+                   f"{format_bytes(size)}); truncation={result.spec.truncation} max_length={result.spec.max_length}")
+        return
     layout = "HF + sentence-transformers" if result.sentence_transformers else "HF only"
     typer.echo(f"saved {result.path} ({layout}, {len(result.files)} files, {format_bytes(size)}); "
                f"pooling={result.spec.pooling} normalize={result.spec.normalize}")

@@ -22,8 +22,11 @@ def export_onnx_command(
         None, help="Texts added to the built-in gate sample (.txt, one per line, or .jsonl)."),
     overwrite: bool = typer.Option(False, help="Replace DST if it exists (atomically)."),
     trust_pickle: bool = typer.Option(False, help="Allow full unpickling of .bin weights (trusted files only)."),
+    sigmoid: bool = typer.Option(False, help="Rerankers: end the graph in a sigmoid (scores in 0..1; recorded)."),
 ) -> None:
     """Export MODEL to DST/onnx/model.onnx (transformer) and DST/onnx/embedder.onnx (ids -> final vector).
+
+    A reranker (cross-encoder) gets DST/onnx/reranker.onnx instead: pair ids -> one score (logit, or --sigmoid).
 
     Example: embedkit export onnx my-bge my-bge-onnx --quantize int8
     """
@@ -31,7 +34,10 @@ def export_onnx_command(
 
     r = export_onnx(model, dst, opset=opset, quantize=quantize, min_cosine=min_cosine,
                     min_cosine_floor=min_cosine_floor, calibration=calibration, overwrite=overwrite,
-                    trust_pickle=trust_pickle)
+                    trust_pickle=trust_pickle, sigmoid=sigmoid)
+    if any(f.endswith("reranker.onnx") for f in r.files):
+        _echo_reranker(r, sigmoid)
+        return
     typer.echo(f"exported {r.path}: onnx/model.onnx + onnx/embedder.onnx (opset {r.opset}, inputs "
                f"{', '.join(r.inputs)}); max abs diff vs PyTorch {r.parity_max_abs_diff:.2e} ({r.seconds:.1f} s)")
     if r.int8 is not None:
@@ -43,6 +49,18 @@ def export_onnx_command(
             typer.echo(f"int8: NOT kept — best mean cosine {best['mean_cosine']:.4f} (min {best['min_cosine']:.4f}) "
                        f"is below the gate {min_cosine} / {min_cosine_floor}; the fp32 graph is the export")
     typer.echo(f"load it: Embedder({str(r.path)!r}, backend='onnx')")
+
+
+def _echo_reranker(r, sigmoid: bool) -> None:  # noqa: ANN001 - an ExportReport
+    typer.echo(f"exported {r.path}: onnx/reranker.onnx (pair ids -> {'sigmoid(logit)' if sigmoid else 'logit'}, "
+               f"opset {r.opset}, inputs {', '.join(r.inputs)}); max abs diff vs PyTorch {r.parity_max_abs_diff:.2e} "
+               f"({r.seconds:.1f} s)")
+    if r.int8 is not None:
+        best = r.int8 if r.int8["kept"] else min(r.int8["tried"], key=lambda t: t["max_abs_diff"])
+        verdict = f"kept onnx/reranker_int8.onnx ({best['settings']})" if r.int8["kept"] else "NOT kept"
+        typer.echo(f"int8: {verdict}: max |sigmoid diff| {best['max_abs_diff']:.4f}, Spearman {best['spearman']:.4f} "
+                   f"(gate {r.int8['gate'][0]} / {r.int8['gate'][1]})")
+    typer.echo(f"load it: Reranker({str(r.path)!r}, backend='onnx')")
 
 
 def register(app: typer.Typer) -> None:

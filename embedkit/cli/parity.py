@@ -19,6 +19,9 @@ def parity_command(
     """Encode the same texts with embedkit (PyTorch), the ONNX export, sentence-transformers, FlagEmbedding and the
     standalone recipe; print max abs diff / min cosine between them and diagnose any disagreement. Exit 1 on failure.
 
+    A reranker (cross-encoder) is scored on (query, passage) pairs by embedkit (PyTorch, ONNX), FlagReranker and
+    CrossEncoder, each peer matched with embedkit in its own truncation mode.
+
     Example: embedkit parity my-bge-onnx --json
     """
     from ..parity import check_parity
@@ -37,7 +40,10 @@ def parity_command(
         console = Console()
         short = {n: n.replace("embedkit-", "").replace("sentence-transformers", "st").replace("flagembedding", "flag")
                  for n in report.engines}
-        table = Table(title=f"max abs diff between engines ({report.texts} texts, as queries and as passages)")
+        rerank = report.kind == "reranker"
+        title = (f"max abs diff of logits between engines ({report.texts} (query, passage) pairs)" if rerank else
+                 f"max abs diff between engines ({report.texts} texts, as queries and as passages)")
+        table = Table(title=title)
         table.add_column("")
         for name in report.engines:
             table.add_column(short[name], justify="right")
@@ -46,7 +52,8 @@ def parity_command(
         console.print(table)
         for c in report.checks:
             mark = "[green]PASS[/]" if c.passed else "[red]FAIL[/]"
-            detail = c.error or f"max abs diff {c.max_abs_diff:.2e}, min cosine {c.min_cosine:.6f} ({c.tolerance})"
+            detail = c.error or (f"max abs diff {c.max_abs_diff:.2e} ({c.tolerance})" if rerank else
+                                 f"max abs diff {c.max_abs_diff:.2e}, min cosine {c.min_cosine:.6f} ({c.tolerance})")
             console.print(f"{mark} {escape(c.engine)}: {escape(detail)}")  # errors and diagnoses quote spec values
             for d in c.diagnosis:
                 console.print(f"     diagnosis: {escape(d)}")

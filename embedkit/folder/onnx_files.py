@@ -13,6 +13,9 @@ TRANSFORMER_FILE = "onnx/model.onnx"
 EMBEDDER_FILE = "onnx/embedder.onnx"
 EMBEDDER_INT8_FILE = "onnx/embedder_int8.onnx"
 EXPORT_INFO_FILE = "onnx/export.json"
+RERANKER_FILE = "onnx/reranker.onnx"
+"""A cross-encoder's graph: token ids -> one score per pair (the logit, or its sigmoid when exported so)."""
+RERANKER_INT8_FILE = "onnx/reranker_int8.onnx"
 
 
 def read_export_info(folder: Path) -> dict[str, Any]:

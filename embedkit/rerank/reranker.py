@@ -20,7 +20,7 @@ from ..errors import CheckpointError, SpecError
 from ..folder.layout import check_model_folder, read_config
 from ..folder.loading import load_model, load_tokenizer
 from ..models import resolve_model_path
-from ..precision import cached_verdict, gate_key, select_precision, store_verdict
+from ..precision import PrecisionChoice, cached_verdict, gate_key, select_precision, store_verdict
 from ..spec import model_token_limit
 from ..verify import SAMPLE_TEXTS
 from .features import pair_features
@@ -124,13 +124,16 @@ class Reranker:
         query_instruction / query_instruction_format: put before each query (format default ``"{}{}"``).
         precision: ``"fp32"`` (default: exact), ``"auto"`` (fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32),
             ``"bf16"`` or ``"fp16"``. Non-fp32 passes a quality gate on score agreement with fp32 on first use
-            (cached on disk) and falls back to fp32 with a warning when it fails.
+            (cached on disk) and falls back to fp32 with a warning when it fails. ``"int8"``: the ONNX export's int8
+            graph (``embedkit export onnx --quantize int8``; gated at export); without one, fp32 with a warning.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         truncation: ``"flagembedding"`` (FlagReranker) or ``"longest_first"`` (CrossEncoder); default from the folder.
         max_batch_tokens: fill batches by padded token count instead of by count.
         show_progress: progress bar; default on when stderr is a terminal and there is more than one batch.
         precision_gate: ``(max |sigmoid difference|, min Spearman)`` vs fp32 for that gate.
         trust_pickle: allow ``.bin`` weights that need full unpickling (only for a source you trust).
+        backend: ``"torch"`` (default) or ``"onnx"`` (the folder's ``onnx/reranker.onnx`` from
+            ``embedkit export onnx``, on CPU; precision ``fp32`` or ``int8``).
 
     Example:
         >>> r = Reranker("bge-reranker-base")
@@ -154,7 +157,10 @@ class Reranker:
         show_progress: bool | None = None,
         precision_gate: tuple[float, float] | None = DEFAULT_RERANK_GATE,
         trust_pickle: bool = False,
+        backend: str = "torch",
     ) -> None:
+        if backend not in ("torch", "onnx"):
+            raise SpecError(f"unknown backend {backend!r}", param="backend", hint="use 'torch' or 'onnx'")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}", param="batch_size",
                             hint="e.g. batch_size=64")
@@ -175,7 +181,9 @@ class Reranker:
         self.show_progress = show_progress
         self.trust_pickle = trust_pickle
         self.quality: dict[str, Any] | None = None
-        self.device = self._resolve_device(device)
+        self.backend_name = backend
+        self.onnx: Any = None  # the ONNX scores backend, when it runs the model
+        self.device = self._resolve_device(device) if backend == "torch" else torch.device("cpu")
         self._choose_precision(precision, precision_gate)
 
     # ------------------------------------------------------------------ loading
@@ -215,10 +223,11 @@ class Reranker:
         """Pick the precision; run (or reuse) the score-agreement gate for anything but fp32."""
         self.precision_requested = precision
         choice = select_precision(precision, self.device.type)
-        if choice.precision == "int8":
-            raise SpecError("precision='int8' needs an ONNX export, which rerankers do not have yet",
-                            param="precision", hint="use 'fp32', 'auto', 'bf16' or 'fp16'")
         self.precision, self.precision_reason = choice.precision, choice.reason
+        if self.backend_name == "onnx" or choice.precision == "int8":
+            if self._load_onnx(choice.precision):
+                return
+            choice = PrecisionChoice("fp32", self.precision_reason)  # no int8 graph: torch fp32 (warned)
         self._load()
         self._gate_cached, self._gate_candidate = False, None
         if choice.precision == "fp32" or gate is None:
@@ -256,6 +265,33 @@ class Reranker:
                        verdict["spearman"], *gate)
         self.precision_reason = f"{choice.precision} failed the quality gate: {self.precision_reason}"
 
+    def _load_onnx(self, precision: str) -> bool:
+        """Run the folder's ONNX export (``backend='onnx'`` or ``precision='int8'``); ``False`` when int8 was asked
+        of the torch backend and there is no int8 graph (then fp32 torch, with a warning)."""
+        from ..backends.onnx_backend import OnnxScoreBackend
+
+        if self.backend_name == "onnx" and precision not in ("fp32", "int8"):
+            raise SpecError(f"precision={precision!r} is not available for backend='onnx'", param="precision",
+                            hint="use 'fp32' or 'int8'")
+        try:
+            runner = OnnxScoreBackend(self.path, precision="int8" if precision == "int8" else "fp32")
+        except CheckpointError as exc:
+            if self.backend_name == "onnx":
+                raise
+            logger.warning("precision='int8' needs the ONNX int8 graph (%s); using fp32", exc.message)
+            self.precision, self.precision_reason = "fp32", f"int8 unavailable: {exc.message}"
+            return False
+        if runner.activation != "identity":
+            raise SpecError(f"the ONNX graph in {self.path} ends in a sigmoid (exported with --sigmoid); Reranker "
+                            "needs the logits (compute_score(normalize=False), predict's activation)",
+                            param="backend", hint="re-export without --sigmoid, or use backend='torch'")
+        self.onnx, self.model = runner, None
+        if precision == "int8":
+            self.quality = (runner.info.get("int8") or {}) | {"source": "export gate", "passed": True}
+            self._gate_candidate = "int8"
+        self._gate_cached = False
+        return True
+
     @property
     def precision_summary(self) -> str:
         """E.g. ``"fp32"``, ``"bf16 (auto, gate passed)"``, ``"fp32 (bf16 failed the gate)"``."""
@@ -265,7 +301,8 @@ class Reranker:
         return f"{self.precision} ({', '.join(notes)})" if notes else self.precision
 
     def __repr__(self) -> str:
-        return f"Reranker({str(self.path)!r}, spec={self.spec!r}, device={str(self.device)!r})"
+        onnx = ", backend='onnx'" if self.onnx is not None else ""
+        return f"Reranker({str(self.path)!r}, spec={self.spec!r}, device={str(self.device)!r}{onnx})"
 
     # ------------------------------------------------------------------ public API
     def compute_score(self, pairs: Any, normalize: bool = False, *, batch_size: int | None = None,
@@ -350,10 +387,13 @@ class Reranker:
         with self._progress(len(pairs), batch_size, show_progress) as bar:
             for rows, padded in batching.padded_batches(features, self.tokenizer, batch_size,
                                                         max_tokens=self.max_batch_tokens, multiple_of=multiple):
-                tensors = {k: torch.from_numpy(v).to(self.device) for k, v in padded.items()}
-                with torch.inference_mode():
-                    logits = self.model(**tensors).logits
-                scores = logits[:, 0].float()
+                if self.onnx is not None:  # a "scores" backend: the graph returns one logit per pair
+                    scores = torch.from_numpy(self.onnx.forward(padded))
+                else:
+                    tensors = {k: torch.from_numpy(v).to(self.device) for k, v in padded.items()}
+                    with torch.inference_mode():
+                        logits = self.model(**tensors).logits
+                    scores = logits[:, 0].float()
                 check_finite(scores, rows, "score")
                 out[rows] = scores.cpu().numpy()
                 bar.update(len(rows))

@@ -5,14 +5,15 @@ A cross-encoder's scores depend on more than its weights: how a (query, passage)
 instruction, and the activation applied on top of the logit. Resolution order, per field, never silent
 (``spec.provenance`` records which rule decided each field):
 
-1. arguments the user passes, then the spec ``embedkit finetune --reranker`` recorded in ``config.json``
-   (``embedkit_reranker``: the truncation and lengths it trained with);
-2. the folder's own sentence-transformers files (a folder saved by ``CrossEncoder``:
+1. arguments the user passes;
+2. the spec embedkit recorded when it saved the folder (``config.json`` ``embedkit_reranker``: provenance
+   ``saved by embedkit``);
+3. the folder's own sentence-transformers files (a folder saved by ``CrossEncoder``:
    ``config_sentence_transformers.json`` ``model_type: CrossEncoder`` / ``activation_fn``, or ``config.json``
    ``sentence_transformers.activation_fn``);
-3. a small table of known families, matched on the folder name (``bge-reranker`` -> FlagEmbedding's truncation,
+4. a small table of known families, matched on the folder name (``bge-reranker`` -> FlagEmbedding's truncation,
    ``ms-marco`` / ``cross-encoder`` ... -> CrossEncoder's);
-4. otherwise FlagEmbedding's conventions (embedkit's peer of record), with a warning naming what was assumed.
+5. otherwise FlagEmbedding's conventions (embedkit's peer of record), with a warning naming what was assumed.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ DEFAULT_MAX_LENGTH = 512
 # Provenance labels.
 ARGUMENT = "argument"
 DEFAULT = "default"
+SAVED = "saved by embedkit"
+
+SAVED_KEY = "embedkit_reranker"
+"""The ``config.json`` key under which :func:`embedkit.checkpoint.save_reranker` records the spec (plain JSON: the
+fields of :class:`RerankerSpec` but ``num_labels``); transformers keeps unknown config keys, so every peer loads the
+folder unchanged."""
 
 # sentence-transformers' activation paths -> ours
 _ST_ACTIVATIONS = {
@@ -239,6 +246,23 @@ def _st_markers(folder: Path, config: dict[str, Any]) -> tuple[str | None, str |
     return None, None
 
 
+def _saved_record(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The spec fields embedkit recorded in ``config.json`` (``{}`` when none); unknown keys are refused."""
+    record = config.get(SAVED_KEY)
+    if record is None:
+        return {}
+    where = f"{folder / 'config.json'} {SAVED_KEY}"
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{where} is {type(record).__name__}, expected an object",
+                              hint=f"remove the {SAVED_KEY!r} key, or re-save with `embedkit save`")
+    allowed = set(RerankerSpec.field_names()) - {"num_labels"}
+    unknown = sorted(set(record) - allowed)
+    if unknown:
+        raise CheckpointError(f"{where} has unknown field(s): {', '.join(map(repr, unknown))}",
+                              hint=f"fields: {', '.join(sorted(allowed))}; re-save with `embedkit save`")
+    return dict(record)
+
+
 def _family(folder: Path) -> tuple[str, str] | None:
     name = folder.name.lower()
     for pattern, truncation, rule in FAMILIES:
@@ -256,8 +280,6 @@ def resolve_reranker_spec(folder: Path, overrides: dict[str, Any] | None = None,
     """
     config = read_config(folder) if config is None else config
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    recorded = _recorded(config, given)
-    given = {**recorded, **given}
     unknown = set(given) - set(RerankerSpec.field_names())
     if unknown:
         raise SpecError(f"unknown reranker spec field(s): {', '.join(sorted(unknown))}",
@@ -267,11 +289,23 @@ def resolve_reranker_spec(folder: Path, overrides: dict[str, Any] | None = None,
     values: dict[str, Any] = {"num_labels": num_labels}
     st_activation, st_rule = _st_markers(folder, config)
     limit = model_token_limit(folder, config)
+    saved = _saved_record(folder, config)
+    saved_rule = f"{SAVED} (config.json {SAVED_KEY})"
+    truncation = given.get("truncation", saved.get("truncation", "flagembedding"))
+    for name, value in saved.items():  # the recorded spec outranks everything but arguments
+        if name == "query_max_length" and (value is None or truncation != "flagembedding"):
+            continue  # an argument switching to longest_first drops the recorded query limit
+        if name not in given:
+            given[name] = value
+    from_record = {name for name in saved if name not in (overrides or {}) or (overrides or {})[name] is None}
+
+    def rule(name: str) -> str:
+        return saved_rule if name in from_record else ARGUMENT
 
     # truncation
     family = _family(folder)
     if "truncation" in given:
-        values["truncation"], prov["truncation"] = given["truncation"], ARGUMENT
+        values["truncation"], prov["truncation"] = given["truncation"], rule("truncation")
     elif st_rule is not None:
         values["truncation"], prov["truncation"] = "longest_first", st_rule
     elif family is not None:
@@ -287,7 +321,7 @@ def resolve_reranker_spec(folder: Path, overrides: dict[str, Any] | None = None,
 
     # max_length
     if "max_length" in given:
-        values["max_length"], prov["max_length"] = given["max_length"], ARGUMENT
+        values["max_length"], prov["max_length"] = given["max_length"], rule("max_length")
     else:
         st_len = None
         sbc = folder / "sentence_bert_config.json"
@@ -303,7 +337,7 @@ def resolve_reranker_spec(folder: Path, overrides: dict[str, Any] | None = None,
             values["max_length"], prov["max_length"] = DEFAULT_MAX_LENGTH, f"{DEFAULT} (FlagReranker's)"
 
     if "query_max_length" in given:
-        values["query_max_length"], prov["query_max_length"] = given["query_max_length"], ARGUMENT
+        values["query_max_length"], prov["query_max_length"] = given["query_max_length"], rule("query_max_length")
     elif values["truncation"] == "flagembedding":
         prov["query_max_length"] = f"{DEFAULT}: 3/4 of max_length (FlagReranker's)"
     else:
@@ -311,13 +345,13 @@ def resolve_reranker_spec(folder: Path, overrides: dict[str, Any] | None = None,
 
     for name in ("query_instruction", "query_instruction_format"):
         if name in given:
-            values[name], prov[name] = given[name], ARGUMENT
+            values[name], prov[name] = given[name], rule(name)
         else:
             prov[name] = DEFAULT
 
     # activation
     if "activation" in given:
-        values["activation"], prov["activation"] = given["activation"], ARGUMENT
+        values["activation"], prov["activation"] = given["activation"], rule("activation")
     elif st_activation is not None:
         act = _ST_ACTIVATIONS.get(st_activation)
         if act is not None:
@@ -333,27 +367,8 @@ def resolve_reranker_spec(folder: Path, overrides: dict[str, Any] | None = None,
     else:
         values["activation"], prov["activation"] = "sigmoid", f"{DEFAULT} for one label (CrossEncoder's)"
 
-    for name in recorded:
-        prov[name] = f"config.json {RECORD_KEY} (recorded by embedkit finetune --reranker)"
     spec = RerankerSpec(**values, provenance=prov)
     return spec.validate(limit)
-
-
-RECORD_KEY = "embedkit_reranker"
-"""``config.json`` key under which ``embedkit finetune --reranker`` records the spec it trained with (truncation,
-lengths, instruction, activation): read after the user's arguments, before any other rule."""
-
-
-def _recorded(config: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """The spec fields recorded in ``config.json`` (``None`` values and fields the user passed left out; the
-    recorded ``query_max_length`` too when the user picks another truncation)."""
-    record = config.get(RECORD_KEY)
-    if not isinstance(record, dict):
-        return {}
-    keep = set(RerankerSpec.field_names()) - {"num_labels"} - set(given)
-    if given.get("truncation", "flagembedding") != "flagembedding":
-        keep.discard("query_max_length")
-    return {k: v for k, v in record.items() if k in keep and v is not None}
 
 
 def load_reranker_spec(model: str | Path, overrides: dict[str, Any] | None = None, *,
@@ -377,6 +392,7 @@ def describe_reranker(spec: RerankerSpec) -> list[tuple[str, Any, str]]:
     return rows
 
 
-__all__ = ["RerankerSpec", "TRUNCATIONS", "ACTIVATIONS", "resolve_reranker_spec", "load_reranker_spec",
+__all__ = ["RerankerSpec", "SAVED", "SAVED_KEY", "TRUNCATIONS", "ACTIVATIONS", "resolve_reranker_spec",
+           "load_reranker_spec",
            "describe_reranker", "check_reranker_config", "is_reranker_folder", "is_reranker_config",
            "config_num_labels"]
