@@ -97,6 +97,22 @@ def test_two_actors_equal_the_single_process_encode(local_ray, tiny, tiny_bert, 
     assert pq.read_schema(out / "part-00000.parquet") == pq.read_schema(single / "part-00000.parquet")
 
 
+def test_int8_txt_input_equals_the_single_process_output(local_ray, tiny, tiny_bert, tmp_path):
+    """.txt input (ids are row numbers) with int8 output: the calibration ranges (first chunk, computed by the plan
+    task) and the quantized vectors are the single-process ones."""
+    src = tmp_path / "corpus.txt"
+    src.write_text("\n".join(_texts(600, seed=2)) + "\n", encoding="utf-8")
+    out, single = tmp_path / "out", tmp_path / "single"
+    encode_dataset(tiny_bert, src, out, shard_size=256, chunk_size=100, output_dtype="int8", workers=2,
+                   batch_size=16)
+    encode_to_parquet(tiny, src, single, shard_size=256, chunk_size=100, output_dtype="int8")
+    np.testing.assert_allclose(read_manifest(out)["quantization"]["ranges"],
+                               read_manifest(single)["quantization"]["ranges"], atol=1e-6)
+    (ids, vecs), (ids1, vecs1) = _vectors(out), _vectors(single)
+    assert ids == ids1 == list(range(600))
+    assert vecs.dtype == np.int8 and np.abs(vecs.astype(int) - vecs1.astype(int)).max() <= 1
+
+
 def test_bad_row_fails_with_file_and_line_at_the_driver(local_ray, tiny_bert, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -136,7 +152,7 @@ def test_sigkill_the_driver_then_resume_completes_and_equals(local_ray, tiny, ti
     src.write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = tmp_path / "out"
     args = ["encode", str(tiny_bert), "-i", str(src), "-o", str(out), "--ray", "--ray-address", local_ray,
-            "--workers", "2", "--shard-size", "50", "--batch-size", "16", "--passages", "--no-progress"]
+            "--workers", "2", "--shard-size", "50", "--batch-size", "4", "--passages", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, *args], env=dict(os.environ), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest_file = out / "_embedkit.json"
@@ -148,7 +164,7 @@ def test_sigkill_the_driver_then_resume_completes_and_equals(local_ray, tiny, ti
                     break
             except (OSError, ValueError):
                 pass
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert proc.poll() is None, "the driver finished (or failed) before it could be killed"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
