@@ -1,10 +1,13 @@
 """Corpus encode: texts/s and peak RSS of `embedkit encode --format parquet` (streamed shards) vs the in-memory
-`.npy` path vs sentence-transformers' `encode` with its multi-process pool on the same CPU count.
+`.npy` path vs sentence-transformers' `encode` with its multi-process pool on the same CPU count, and Ray Data
+(`embedkit.distributed.encode_dataset`) with 1 and 2 actors on a local Ray of the machine's CPUs.
 
 Each engine runs in a fresh process (peak RSS is that process's VmHWM; for the sentence-transformers pool, the sum
-of the parent's and its workers' peaks). Texts are short (3-12 words), written once to a .txt file.
+of the parent's and its workers' peaks; for Ray, the driver's only: the actors are Ray's processes). Ray rows
+time ``encode_dataset`` including actor start-up (``ray_init_s``, starting Ray itself, is reported apart).
+Texts are short (3-12 words), written once to a .txt file.
 
-    python benchmarks/corpus.py --model minilm --n 100000                 # throughput, the three engines
+    python benchmarks/corpus.py --model minilm --n 100000                 # throughput, every engine
     python benchmarks/corpus.py --model tiny --engines parquet,npy --n 100000,1000000 --threads 1   # memory
 
     python benchmarks/corpus.py --recall DEMO_DATA_DIR --model minilm      # nDCG@10 per --output-dtype
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import peak_rss_mb, run_worker  # noqa: E402
 
-ENGINES = ("parquet", "npy", "st-pool")
+ENGINES = ("parquet", "npy", "st-pool", "ray-1", "ray-2")
 
 
 def _children_peak_mb() -> float:
@@ -54,11 +57,28 @@ def worker(engine: str, args: argparse.Namespace) -> None:
     common = ["-i", src, "--passages", "--batch-size", str(args.batch_size), "--no-progress"]
     start = time.perf_counter()
     extra = 0.0
+    extra_fields: dict = {}
     if engine == "parquet":
         rc = cli(["encode", model, *common, "-o", str(out / "parquet"), "--format", "parquet",
                   "--shard-size", str(args.shard_size)])
     elif engine == "npy":
         rc = cli(["encode", model, *common, "-o", str(out / "vectors.npy")])
+    elif engine.startswith("ray-"):
+        import ray
+
+        from embedkit.distributed import encode_dataset
+
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parent.parent),
+                                                               os.environ.get("PYTHONPATH")) if p)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        extra_fields["ray_init_s"] = round(time.perf_counter() - start, 2)
+        start = time.perf_counter()
+        encode_dataset(model, src, out / "ray", kind="passages", shard_size=args.shard_size,
+                       batch_size=args.batch_size, workers=int(engine.split("-")[1]), show_progress=False)
+        ray.shutdown()
+        rc = 0
     else:
         from sentence_transformers import SentenceTransformer
 
@@ -74,7 +94,7 @@ def worker(engine: str, args: argparse.Namespace) -> None:
     if rc != 0:
         raise SystemExit(f"{engine}: exit {rc}")
     print(json.dumps({"engine": engine, "n": n, "seconds": round(seconds, 2), "texts_per_s": round(n / seconds, 1),
-                      "peak_rss_mb": round(peak_rss_mb() + extra, 1)}))
+                      "peak_rss_mb": round(peak_rss_mb() + extra, 1), **extra_fields}))
 
 
 def recall(folder: str, model: str, batch_size: int) -> dict:

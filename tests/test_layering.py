@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"spec", "pooling", "batching", "verify", "search"},
     {"backends", "precision"},
     {"embedder", "m3", "rerank", "__init__"},
-    {"checkpoint", "export", "eval", "parity", "recipe", "corpus"},
+    {"checkpoint", "export", "eval", "parity", "recipe", "corpus", "distributed"},
     {"train", "release", "serve"},
     {"cli", "demo", "__main__"},
 ]

@@ -54,6 +54,11 @@ def encode(
     colbert: bool = typer.Option(False, "--colbert", help="With --m3: ColBERT vectors (colbert_vecs, colbert_offsets)"),
     sparse_format: str = typer.Option("csr", "--sparse-format", help="With --sparse: 'csr' (arrays in the .npz) or "
                                       "'jsonl' (a sibling OUTPUT.sparse.jsonl, one {token_id: weight} per line)."),
+    ray: bool = typer.Option(False, "--ray", help="Encode on Ray Data (Parquet output; see docs/scale-out.md)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: auto | ray://HEAD:10001 "
+                                           "(default: a local Ray instance)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="With --ray: actors, one model each."),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="With --ray: GPUs per actor."),
 ) -> None:
     """Encode every text of INPUT with MODEL and write the vectors to OUTPUT (.npy, float32, input order).
 
@@ -78,7 +83,22 @@ def encode(
 
     if queries and passages:
         raise SpecError("--queries and --passages are exclusive", hint="pick one (or neither for plain texts)")
-    chosen = _choose_format(format, output, m3)
+    chosen = "parquet" if ray and format is None else _choose_format(format, output, m3)
+    ray_used = [flag for flag, used in (("--ray", ray), ("--ray-address", ray_address is not None),
+                                        ("--workers", workers != 1), ("--gpus-per-worker", gpus_per_worker != 0))
+                if used]
+    if ray_used and (chosen != "parquet" or m3 or not ray):
+        raise SpecError(f"{', '.join(ray_used)}: Ray encodes to Parquet shards without --m3 and needs --ray",
+                        hint="use --ray --format parquet (and drop --m3)")
+    if ray:
+        _encode_ray(model, input, output, field=field, id_field=id_field, shard_size=shard_size, resume=resume,
+                    output_dtype=output_dtype, queries=queries, passages=passages, instruction=instruction,
+                    instruction_format=instruction_format, progress=progress, address=ray_address, workers=workers,
+                    gpus_per_worker=gpus_per_worker,
+                    options=dict(pooling=pooling, normalize=normalize, max_length=max_length,
+                                 truncate_dim=truncate_dim, device=device, dtype=dtype, precision=precision,
+                                 batch_size=batch_size, max_batch_tokens=max_batch_tokens))
+        return
     if chosen == "parquet":
         _encode_parquet(model, input, output, field=field, id_field=id_field, shard_size=shard_size, resume=resume,
                         output_dtype=output_dtype, queries=queries, passages=passages, m3=m3, sparse=sparse,
@@ -172,6 +192,29 @@ def _encode_parquet(model: str, input: Path, output: Path, *, field: str, id_fie
     resumed = f", {result.shards - result.written} already complete" if result.shards > result.written else ""
     typer.echo(f"wrote {output}: {result.rows} rows in {result.shards} shard(s) ({result.written} this run{resumed}), "
                f"{output_dtype}, dim {embedder.dim}; precision {embedder.precision_summary}")
+
+
+def _encode_ray(model: str, input: Path, output: Path, *, field: str, id_field: str | None, shard_size: int,
+                resume: bool, output_dtype: str, queries: bool, passages: bool, instruction: str | None,
+                instruction_format: str | None, progress: bool | None, address: str | None, workers: int,
+                gpus_per_worker: float, options: dict) -> None:
+    """``--ray``: the Parquet output of ``--format parquet``, encoded by Ray actors (see
+    :func:`embedkit.distributed.encode_dataset`)."""
+    from ..distributed import encode_dataset
+    from ..spec import instruction_overrides
+
+    kind = "queries" if queries else "passages" if passages else None
+    overrides = instruction_overrides("query" if queries else "passage" if passages else None, instruction,
+                                      instruction_format)
+    result = encode_dataset(model, input, output, kind=kind, text_field=field, id_field=id_field,
+                            shard_size=shard_size, output_dtype=output_dtype, resume=resume,
+                            instruction=instruction if kind is None else None,
+                            instruction_format=instruction_format if kind is None else None,
+                            show_progress=progress, embedder_options=dict(options, **overrides), workers=workers,
+                            gpus_per_worker=gpus_per_worker, address=address)
+    resumed = f", {result.shards - result.written} already complete" if result.shards > result.written else ""
+    typer.echo(f"wrote {output}: {result.rows} rows in {result.shards} shard(s) ({result.written} this run{resumed}), "
+               f"{output_dtype}, dim {result.manifest['dim']}; {workers} Ray worker(s)")
 
 
 def _run(embedder: Any, texts: list[str], kind: str | None, instruction: str | None,
