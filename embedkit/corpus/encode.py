@@ -46,7 +46,7 @@ class CorpusResult:
     manifest: dict[str, Any]
 
 
-def _encode_chunk(embedder: Any, texts: list[str], kind: str | None, sparse: bool, instruction: str | None,
+def encode_chunk(embedder: Any, texts: list[str], kind: str | None, sparse: bool, instruction: str | None,
                   instruction_format: str | None, batch_size: int | None) -> tuple[np.ndarray, list | None]:
     """Dense vectors (and bge-m3 lexical weights with ``sparse``) of ``texts`` through the embedder's public API."""
     extra: dict[str, Any] = {"return_dense": True, "return_sparse": True} if sparse else {}
@@ -62,7 +62,7 @@ def _encode_chunk(embedder: Any, texts: list[str], kind: str | None, sparse: boo
     return np.asarray(out, dtype=np.float32), None
 
 
-def _identity(embedder: Any, files: list[Path], *, kind: str | None, sparse: bool, instruction: str | None,
+def run_identity(embedder: Any, files: list[Path], *, kind: str | None, sparse: bool, instruction: str | None,
               instruction_format: str | None, text_field: str, id_field: str | None, shard_size: int,
               output_dtype: str) -> dict[str, Any]:
     """The manifest fields a resumed run must match (see :data:`embedkit.corpus.manifest.IDENTITY_KEYS`)."""
@@ -101,13 +101,13 @@ def _shards(chunks: Iterator[Chunk], shard_size: int) -> Iterator[Iterator[Chunk
         yield one_shard()
 
 
-def _batches(embedder: Any, chunks: Iterator[Chunk], manifest: dict[str, Any], bar: Any, *, kind: str | None,
+def shard_batches(embedder: Any, chunks: Iterator[Chunk], manifest: dict[str, Any], bar: Any, *, kind: str | None,
              sparse: bool, instruction: str | None, instruction_format: str | None, batch_size: int | None,
              output_dtype: str, calibration_rows: int) -> Iterator[ShardBatch]:
     """Encode and quantize the chunks of one shard, one :class:`ShardBatch` each (lazily: one chunk in memory).
     int8 / uint8 ranges are calibrated on the first chunk of the corpus and kept in ``manifest``."""
     for chunk in chunks:
-        vectors, lexical = _encode_chunk(embedder, chunk.texts, kind, sparse, instruction, instruction_format,
+        vectors, lexical = encode_chunk(embedder, chunk.texts, kind, sparse, instruction, instruction_format,
                                          batch_size)
         ids = chunk.ids if chunk.ids is not None else range(chunk.start, chunk.start + len(chunk.texts))
         if output_dtype in ("int8", "uint8") and manifest["quantization"] is None:
@@ -174,7 +174,7 @@ def encode_to_parquet(
     if out.exists() and not out.is_dir():
         raise DataError(f"--output {out} is a file; Parquet output is a folder of shards",
                         hint="pass a folder name (or a .npy file name without --format parquet)")
-    identity = _identity(embedder, files, kind=kind, sparse=sparse, instruction=instruction,
+    identity = run_identity(embedder, files, kind=kind, sparse=sparse, instruction=instruction,
                          instruction_format=instruction_format, text_field=text_field, id_field=id_field,
                          shard_size=shard_size, output_dtype=output_dtype)
     has_manifest = (out / MANIFEST).is_file()
@@ -227,7 +227,7 @@ def encode_to_parquet(
     show = show_progress if show_progress is not None else os.isatty(2)
     with tqdm(desc="Encoding", unit="text", initial=start, disable=not show) as bar:
         for index, shard_chunks in enumerate(_shards(chunks, shard_size), start=first_index):
-            batches = _batches(embedder, shard_chunks, manifest, bar, kind=kind, sparse=sparse,
+            batches = shard_batches(embedder, shard_chunks, manifest, bar, kind=kind, sparse=sparse,
                                instruction=instruction, instruction_format=instruction_format,
                                batch_size=batch_size, output_dtype=output_dtype, calibration_rows=calibration_rows)
             record = write_shard(out, index, rows, batches, arrow)

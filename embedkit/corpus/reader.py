@@ -219,7 +219,7 @@ def iter_chunks(files: list[Path], chunk_size: int, *, text_field: str = "text",
     for path in files:
         skip = max(0, start - row)
         if skip:
-            counted = _count_rows(path, text_field, id_field, skip)
+            counted = count_rows(path, text_field, id_field, skip)
             row += counted
             if counted < skip:
                 continue
@@ -245,7 +245,7 @@ def iter_chunks(files: list[Path], chunk_size: int, *, text_field: str = "text",
         yield Chunk(chunk_start, texts, ids if id_field is not None else None)
 
 
-def _count_rows(path: Path, text_field: str, id_field: str | None, limit: int) -> int:
+def count_rows(path: Path, text_field: str, id_field: str | None, limit: int) -> int:
     """Rows of ``path``, counted up to ``limit`` (Parquet: from its metadata)."""
     if path.suffix.lower() == ".parquet":
         pq = require("pyarrow.parquet", "Parquet input")

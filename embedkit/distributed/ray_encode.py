@@ -33,13 +33,13 @@ from ..corpus.encode import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SHARD_SIZE,
     CorpusResult,
-    _batches,
-    _encode_chunk,
-    _identity,
+    encode_chunk,
+    run_identity,
+    shard_batches,
 )
 from ..corpus.manifest import FORMAT, MANIFEST, VERSION, check_resume, read_manifest, record_shard, write_manifest
 from ..corpus.quantize import calibration_ranges, check_output_dtype, output_width
-from ..corpus.reader import Chunk, _count_rows, input_files, iter_chunks
+from ..corpus.reader import Chunk, count_rows, input_files, iter_chunks
 from ..corpus.writer import schema, shard_name, write_shard
 from ..errors import DataError, EmbedkitError, SpecError
 
@@ -68,17 +68,17 @@ def _probe(model: str, options: dict[str, Any], files: list[str], settings: dict
     try:
         embedder = _make_embedder(model, options)
         paths = [Path(f) for f in files]
-        identity = _identity(embedder, paths, kind=settings["kind"], sparse=False,
+        identity = run_identity(embedder, paths, kind=settings["kind"], sparse=False,
                              instruction=settings["instruction"], instruction_format=settings["instruction_format"],
                              text_field=settings["text_field"], id_field=settings["id_field"],
                              shard_size=settings["shard_size"], output_dtype=settings["output_dtype"])
-        rows = [_count_rows(p, settings["text_field"], settings["id_field"], _BIG) for p in paths]
+        rows = [count_rows(p, settings["text_field"], settings["id_field"], _BIG) for p in paths]
         first_size = min(settings["chunk_size"], settings["shard_size"])
         first = next(iter_chunks(paths, first_size, text_field=settings["text_field"],
                                  id_field=settings["id_field"]), None)
         quantization = None
         if first is not None and settings["output_dtype"] in ("int8", "uint8"):
-            vectors, _ = _encode_chunk(embedder, first.texts, settings["kind"], False, settings["instruction"],
+            vectors, _ = encode_chunk(embedder, first.texts, settings["kind"], False, settings["instruction"],
                                        settings["instruction_format"], settings["batch_size"])
             sample = vectors[:settings["calibration_rows"]]
             quantization = {"ranges": calibration_ranges(sample).tolist(), "calibration_rows": len(sample)}
@@ -145,7 +145,7 @@ class _ShardEncoder:
                 yield chunk
 
         manifest = {"quantization": s["quantization"]}
-        batches = _batches(self.embedder, checked(), manifest, _NoBar(), kind=s["kind"], sparse=False,
+        batches = shard_batches(self.embedder, checked(), manifest, _NoBar(), kind=s["kind"], sparse=False,
                            instruction=s["instruction"], instruction_format=s["instruction_format"],
                            batch_size=s["batch_size"], output_dtype=s["output_dtype"],
                            calibration_rows=s["calibration_rows"])
