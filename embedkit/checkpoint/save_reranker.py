@@ -22,19 +22,8 @@ from ..rerank.spec import (
     resolve_reranker_spec,
 )
 from ..spec import ARGUMENT, model_token_limit
-from ._save_files import (
-    SaveResult,
-    card_facts,
-    cast,
-    check_format,
-    check_inputs,
-    finish_folder,
-    patch_json,
-    tokenizer_from,
-    torch_dtype,
-    write_card,
-    write_model_files,
-)
+from . import _save_files as steps
+from ._save_files import SaveResult
 from .card import _ST_ACTIVATION_PATHS, reranker_model_card
 
 EMBEDDER_ONLY_FIELDS = ("pooling", "normalize", "passage_instruction", "passage_instruction_format",
@@ -81,31 +70,21 @@ def _load_reranker_source(model_or_path: Any, dst: Path, tokenizer: Any, *, over
     src: Path | None = None
     if isinstance(model_or_path, (str, Path)):
         src = check_model_folder(resolve_model_path(model_or_path))
-        check_inputs(dst, tokenizer, overwrite=overwrite, src=src)
+        steps.check_inputs(dst, tokenizer, overwrite=overwrite, src=src)
         check_reranker_config(src, read_json_file(src / "config.json", expect=dict))
         model = load_model(src, trust_pickle=trust_pickle, auto_class=AutoModelForSequenceClassification,
                            ignorable_missing=(), what="reranker")
         tokenizer = tokenizer if tokenizer is not None else src
     else:
         model = model_or_path
-        check_inputs(dst, tokenizer, overwrite=overwrite, src=None)
-    return model, tokenizer_from(tokenizer), src
+        steps.check_inputs(dst, tokenizer, overwrite=overwrite, src=None)
+    return model, steps.tokenizer_from(tokenizer), src
 
 
-def save_reranker(
-    model_or_path: Any,
-    dst: str | Path,
-    spec: RerankerSpec | None = None,
-    *,
-    tokenizer: Any = None,
-    format: str = "safetensors",
-    dtype: Any = None,
-    overwrite: bool = False,
-    sign_key: str | Path | None = None,
-    card: dict[str, Any] | None = None,
-    trust_pickle: bool = False,
-    **spec_overrides: Any,
-) -> SaveResult:
+def save_reranker(model_or_path: Any, dst: str | Path, spec: RerankerSpec | None = None, *, tokenizer: Any = None,
+                  format: str = "safetensors", dtype: Any = None, overwrite: bool = False,
+                  sign_key: str | Path | None = None, card: dict[str, Any] | None = None, trust_pickle: bool = False,
+                  **spec_overrides: Any) -> SaveResult:
     """Save a one-label cross-encoder so that embedkit, FlagReranker, CrossEncoder and TEI give equal scores.
 
     Args:
@@ -124,8 +103,8 @@ def save_reranker(
     Example:
         >>> save_reranker("checkpoint-400", "my-reranker", truncation="longest_first", max_length=256)
     """
-    check_format(format)
-    dtype = torch_dtype(dtype)
+    steps.check_format(format)
+    dtype = steps.torch_dtype(dtype)
     dst = Path(dst)
     model, tokenizer, src = _load_reranker_source(model_or_path, dst, tokenizer, overwrite=overwrite,
                                                   trust_pickle=trust_pickle)
@@ -135,20 +114,21 @@ def save_reranker(
     spec = _reranker_spec_for(src, model, spec, spec_overrides)
     config_dict = model.config.to_dict()
     spec.validate(model_token_limit(src, config_dict) if src is not None else None)
-    model = cast(model, dtype, src)
+    model = steps.cast(model, dtype, src)
 
     record = spec.to_dict()
     record.pop("num_labels")
     with atomic_dir(dst, overwrite=overwrite) as tmp:
-        state_dict = write_model_files(tmp, model, tokenizer, format)
-        patch_json(tmp / "config.json", {
+        state_dict = steps.write_model_files(tmp, model, tokenizer, format)
+        steps.patch_json(tmp / "config.json", {
             "sentence_transformers": {"activation_fn": _ST_ACTIVATION_PATHS[spec.activation]},
             SAVED_KEY: record,
         })
         if (tmp / "tokenizer_config.json").is_file():  # CrossEncoder's max_length (sentence-transformers >= 5)
-            patch_json(tmp / "tokenizer_config.json", {"model_max_length": spec.max_length})
-        write_card(tmp, reranker_model_card(spec, name=dst.name, source=str(src) if src else None,
-                                            **card_facts(model, config_dict, card), notes=(card or {}).get("notes")))
-        files = finish_folder(tmp, state_dict, sign_key=sign_key)
+            steps.patch_json(tmp / "tokenizer_config.json", {"model_max_length": spec.max_length})
+        facts = steps.card_facts(model, config_dict, card)
+        steps.write_card(tmp, reranker_model_card(spec, name=dst.name, source=str(src) if src else None, **facts,
+                                                  notes=(card or {}).get("notes")))
+        files = steps.finish_folder(tmp, state_dict, sign_key=sign_key)
     return SaveResult(path=dst, spec=spec, files=files, sentence_transformers=True)
 

@@ -19,19 +19,8 @@ from ..errors import CheckpointError
 from ..folder.fingerprint import sha256_file, weights_fingerprint
 from ..folder.layout import check_destination, list_files
 from ..folder.onnx_files import RERANKER_FILE, RERANKER_INT8_FILE
-from ._onnx_common import (
-    DEFAULT_OPSET,
-    ExportReport,
-    copy_inference_files,
-    export_graph,
-    input_names,
-    logger,
-    open_session,
-    start_export,
-    try_int8_candidates,
-    varied_feeds,
-    write_export_info,
-)
+from . import _onnx_common as common
+from ._onnx_common import DEFAULT_OPSET, ExportReport, logger
 
 
 class ScoreGraph(torch.nn.Module):
@@ -51,7 +40,7 @@ class ScoreGraph(torch.nn.Module):
 
 def _pair_feeds(reranker: Any, pairs: list[tuple[str, str]], names: list[str]) -> list[dict[str, np.ndarray]]:
     """Padded pair batches of varied shapes: one pair, all pairs (longest padded), and odd-size slices."""
-    return varied_feeds(reranker.features(pairs), reranker.tokenizer, len(pairs), names)
+    return common.varied_feeds(reranker.features(pairs), reranker.tokenizer, len(pairs), names)
 
 
 def _torch_scores(model: torch.nn.Module, feed: dict[str, np.ndarray], sigmoid: bool) -> np.ndarray:
@@ -81,7 +70,7 @@ def quantize_reranker_int8(fp32_path: Path, out_path: Path, reference: np.ndarra
         measured = {"max_abs_diff": verdict["max_abs_diff"], "spearman": verdict["spearman"], "pairs": verdict["pairs"]}
         return measured, bool(verdict["passed"])
 
-    tried, kept = try_int8_candidates(fp32_path, out_path, feed, judge)
+    tried, kept = common.try_int8_candidates(fp32_path, out_path, feed, judge)
     return {"kept": True, **tried[-1], "tried": tried, "gate": list(gate)} if kept else {
         "kept": False, "tried": tried, "gate": list(gate)}
 
@@ -104,19 +93,19 @@ def export_reranker_onnx(model: str | Path, dst: str | Path, *, opset: int = DEF
     """
     from ..rerank.reranker import Reranker, gate_pairs
 
-    t0, src = start_export(model, quantize)
+    t0, src = common.start_export(model, quantize)
     dst = check_destination(dst, overwrite=overwrite, src=src)
     reranker = Reranker(src, device="cpu", show_progress=False, trust_pickle=trust_pickle)
     net = reranker.model.float().eval()
-    names = input_names(reranker.tokenizer)
+    names = common.input_names(reranker.tokenizer)
     pairs = gate_pairs()
     feeds = _pair_feeds(reranker, pairs, names)
     sample = {n: torch.from_numpy(v) for n, v in _pair_feeds(reranker, pairs[:2], names)[1].items()}
 
     with atomic_dir(dst, overwrite=overwrite) as tmp:
-        copy_inference_files(src, tmp)
-        export_graph(ScoreGraph(net, sigmoid), sample, tmp / RERANKER_FILE, "score", opset)
-        session = open_session(tmp / RERANKER_FILE)
+        common.copy_inference_files(src, tmp)
+        common.export_graph(ScoreGraph(net, sigmoid), sample, tmp / RERANKER_FILE, "score", opset)
+        session = common.open_session(tmp / RERANKER_FILE)
         worst = 0.0
         for feed in feeds:
             got = np.asarray(session.run(None, feed)[0]).reshape(-1)
@@ -136,7 +125,7 @@ def export_reranker_onnx(model: str | Path, dst: str | Path, *, opset: int = DEF
             "source_weights": weights_fingerprint(src), "files": {f: sha256_file(tmp / f) for f in files},
             "parity": {"max_abs_diff_vs_torch": worst, "pairs": len(pairs)}, "int8": int8,
         }
-        write_export_info(tmp, info)
+        common.write_export_info(tmp, info)
         write_manifest(tmp)
         all_files = list_files(tmp)
     if int8 is not None and not int8["kept"]:

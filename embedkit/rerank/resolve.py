@@ -13,16 +13,8 @@ from ..errors import CheckpointError, SpecError
 from ..folder.layout import check_model_folder, read_config, read_json_file
 from ..models import resolve_model_path
 from ..spec import model_token_limit
-from .spec_core import (
-    ACTIVATIONS,
-    ARGUMENT,
-    DEFAULT,
-    DEFAULT_MAX_LENGTH,
-    SAVED,
-    SAVED_KEY,
-    RerankerSpec,
-    check_reranker_config,
-)
+from . import spec_core
+from .spec_core import ARGUMENT, DEFAULT, DEFAULT_MAX_LENGTH, SAVED, SAVED_KEY, RerankerSpec, check_reranker_config
 
 logger = logging.getLogger("embedkit")
 
@@ -147,7 +139,8 @@ def _activation(folder: Path, st_activation: str | None, st_rule: str | None, wa
         return act, f"{st_rule}: {st_activation}"
     if warn:
         logger.warning("%s: the CrossEncoder activation %r is not one embedkit runs (%s); predict() uses "
-                       "sigmoid, pass activation_fn to choose", folder.name, st_activation, ", ".join(ACTIVATIONS))
+                       "sigmoid, pass activation_fn to choose", folder.name, st_activation,
+                       ", ".join(spec_core.ACTIVATIONS))
     return "sigmoid", (f"default for one label (sigmoid): {st_rule} names {st_activation}, which embedkit "
                        "does not run")
 
