@@ -231,29 +231,14 @@ def diagnose(reference: Any, target: np.ndarray, texts: list[str], folder: Path,
     return found
 
 
-# ---------------------------------------------------------------------- the run
-def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance: float = 1e-5,
-                 int8_min_cosine: float = 0.95, diagnose_mismatches: bool = True,
-                 engines: tuple[str, ...] | None = None) -> ParityReport:
-    """Run ``texts`` through every available way of loading ``model`` and compare with embedkit (PyTorch).
-
-    fp32 engines pass when their max abs diff is ≤ ``tolerance``; the int8 graph when its minimum cosine is
-    ≥ ``int8_min_cosine``. ``engines`` restricts the run (names as in the report).
-
-    Example:
-        >>> report = check_parity("my-bge")
-        >>> report.ok, [c.diagnosis for c in report.checks if not c.passed]
-    """
+def _engines(folder: Path, reference: Any) -> tuple[dict[str, Callable[[], Encoder]], dict[str, str]]:
+    """The engines this folder and environment have (builders, by name; ``embedkit-torch`` is ``reference``) and
+    why each missing one is missing."""
     import importlib.util
 
     # lazy: pulls in torch; embedkit.parity stays importable without it (fast CLI start)
     from ..embedder import Embedder
 
-    folder = check_model_folder(resolve_model_path(model))
-    if is_reranker_folder(folder):
-        return check_reranker_parity(folder, texts, tolerance=tolerance, engines=engines)
-    texts = list(texts or SAMPLE_TEXTS)
-    reference = Embedder(folder, device="cpu", show_progress=False)
     spec = reference.spec
     candidates: dict[str, Callable[[], Encoder]] = {"embedkit-torch": lambda: _embedkit_engine(reference)}
     skipped: dict[str, str] = {}
@@ -277,6 +262,31 @@ def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance
     else:
         candidates["flagembedding"] = lambda: _flag_engine(folder, spec)
     candidates["recipe"] = lambda: _recipe_engine(folder)
+    return candidates, skipped
+
+
+# ---------------------------------------------------------------------- the run
+def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance: float = 1e-5,
+                 int8_min_cosine: float = 0.95, diagnose_mismatches: bool = True,
+                 engines: tuple[str, ...] | None = None) -> ParityReport:
+    """Run ``texts`` through every available way of loading ``model`` and compare with embedkit (PyTorch).
+
+    fp32 engines pass when their max abs diff is ≤ ``tolerance``; the int8 graph when its minimum cosine is
+    ≥ ``int8_min_cosine``. ``engines`` restricts the run (names as in the report).
+
+    Example:
+        >>> report = check_parity("my-bge")
+        >>> report.ok, [c.diagnosis for c in report.checks if not c.passed]
+    """
+    # lazy: pulls in torch; embedkit.parity stays importable without it (fast CLI start)
+    from ..embedder import Embedder
+
+    folder = check_model_folder(resolve_model_path(model))
+    if is_reranker_folder(folder):
+        return check_reranker_parity(folder, texts, tolerance=tolerance, engines=engines)
+    texts = list(texts or SAMPLE_TEXTS)
+    reference = Embedder(folder, device="cpu", show_progress=False)
+    candidates, skipped = _engines(folder, reference)
     candidates = restrict_engines(candidates, skipped, engines)
 
     checks: list[EngineCheck] = []

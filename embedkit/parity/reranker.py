@@ -64,49 +64,18 @@ def _cross_encoder_scores(folder: Path, spec: Any, pairs: list[tuple[str, str]])
                       dtype=np.float32).reshape(-1)
 
 
-def check_reranker_parity(model: str | Path, texts: list[str] | None = None, *, tolerance: float = 1e-5,
-                          gate: tuple[float, float] | None = None,
-                          engines: tuple[str, ...] | None = None) -> ParityReport:
-    """Score the same pairs (:func:`reranker_pairs`) with every available way of loading a cross-encoder and
-    compare the logits with embedkit (PyTorch).
+Candidates = dict[str, tuple[Callable[[], np.ndarray], str]]
+"""Engine name -> (build its scores, the truncation mode it is matched in)."""
 
-    Engines: ``embedkit-torch`` (the folder's spec), ``embedkit-onnx`` / ``embedkit-onnx-int8`` (its export),
-    ``flagembedding`` (``FlagReranker.compute_score``) and ``sentence-transformers`` (``CrossEncoder.predict``
-    with the identity activation). The two peers truncate long pairs differently, so each is compared with embedkit
-    run in its own truncation mode (``flagembedding`` / ``longest_first``; the spec's other fields unchanged);
-    a peer that misses is checked against the other mode too and the diagnosis says when that explains it. fp32
-    engines pass at max abs diff <= ``tolerance``; int8 by :func:`embedkit.rerank.reranker.judge_scores` with
-    ``gate`` (default :data:`~embedkit.rerank.reranker.DEFAULT_RERANK_GATE`).
 
-    Example:
-        >>> check_reranker_parity("my-reranker-onnx").ok
-        True
-    """
+def _add_peers(candidates: Candidates, skipped: dict[str, str], folder: Path, spec: Any,
+               pairs: list[tuple[str, str]]) -> None:
+    """Add the engines other than the PyTorch reference that this folder and environment have (ONNX fp32 / int8,
+    FlagReranker, CrossEncoder) to ``candidates``; say why each missing one is missing in ``skipped``."""
     import importlib.util
 
-    from ..rerank.reranker import DEFAULT_RERANK_GATE, Reranker, judge_scores
+    from ..rerank.reranker import Reranker
 
-    folder = check_model_folder(resolve_model_path(model))
-    gate = gate or DEFAULT_RERANK_GATE
-    pairs = reranker_pairs(texts)
-    reference = Reranker(folder, device="cpu", show_progress=False)
-    spec = reference.spec
-
-    def embedkit_in(truncation: str) -> np.ndarray:
-        """embedkit's PyTorch logits with the spec's truncation switched to ``truncation``."""
-        if truncation == spec.truncation:
-            return _logits(reference, pairs)
-        other = dataclasses.replace(spec, truncation=truncation, query_max_length=None)
-        saved, reference.spec = reference.spec, other
-        try:
-            return _logits(reference, pairs)
-        finally:
-            reference.spec = saved
-
-    # name -> (build scores, the truncation it is matched in)
-    candidates: dict[str, tuple[Callable[[], np.ndarray], str]] = {
-        "embedkit-torch": (lambda: embedkit_in(spec.truncation), spec.truncation)}
-    skipped: dict[str, str] = {}
     info_sigmoid = False
     if (folder / RERANKER_FILE).is_file():
         with contextlib.suppress(ValueError, OSError):
@@ -130,6 +99,72 @@ def check_reranker_parity(model: str | Path, texts: list[str] | None = None, *, 
         skipped["sentence-transformers"] = "not installed"
     else:
         candidates["sentence-transformers"] = (lambda: _cross_encoder_scores(folder, spec, pairs), "longest_first")
+
+
+def _check_one(name: str, got: np.ndarray, ref: np.ndarray, mode: str, embedkit_in: Callable[[str], np.ndarray], *,
+               tolerance: float, gate: tuple[float, float]) -> EngineCheck:
+    """The verdict on one engine's scores ``got`` against embedkit's ``ref`` in truncation ``mode``; a failed fp32
+    engine is checked against the other truncation mode too (``embedkit_in``) for the diagnosis."""
+    from ..rerank.reranker import judge_scores
+
+    cell = _scores_cell(ref, got)
+    if name.endswith("int8"):
+        verdict = judge_scores(ref, got, gate)
+        passed, tol = verdict["passed"], f"max |sigmoid diff| <= {gate[0]}, Spearman >= {gate[1]}"
+    else:
+        passed, tol = cell["max_abs_diff"] <= tolerance, f"max abs diff of logits <= {tolerance:g}"
+    check = EngineCheck(name, cell["max_abs_diff"], float("nan"), passed, f"{tol} (truncation={mode})")
+    if not passed and not name.endswith("int8"):
+        other = "longest_first" if mode == "flagembedding" else "flagembedding"
+        if float(np.abs(embedkit_in(other) - got).max()) <= tolerance:
+            check.diagnosis = [f"{name} matches embedkit with truncation={other!r} (it was matched in {mode!r})"]
+        else:
+            check.diagnosis = ["no truncation mode explains it (different weights, tokenizer, max_length or "
+                               "query instruction?)"]
+    return check
+
+
+def check_reranker_parity(model: str | Path, texts: list[str] | None = None, *, tolerance: float = 1e-5,
+                          gate: tuple[float, float] | None = None,
+                          engines: tuple[str, ...] | None = None) -> ParityReport:
+    """Score the same pairs (:func:`reranker_pairs`) with every available way of loading a cross-encoder and
+    compare the logits with embedkit (PyTorch).
+
+    Engines: ``embedkit-torch`` (the folder's spec), ``embedkit-onnx`` / ``embedkit-onnx-int8`` (its export),
+    ``flagembedding`` (``FlagReranker.compute_score``) and ``sentence-transformers`` (``CrossEncoder.predict``
+    with the identity activation). The two peers truncate long pairs differently, so each is compared with embedkit
+    run in its own truncation mode (``flagembedding`` / ``longest_first``; the spec's other fields unchanged);
+    a peer that misses is checked against the other mode too and the diagnosis says when that explains it. fp32
+    engines pass at max abs diff <= ``tolerance``; int8 by :func:`embedkit.rerank.reranker.judge_scores` with
+    ``gate`` (default :data:`~embedkit.rerank.reranker.DEFAULT_RERANK_GATE`).
+
+    Example:
+        >>> check_reranker_parity("my-reranker-onnx").ok
+        True
+    """
+    from ..rerank.reranker import DEFAULT_RERANK_GATE, Reranker
+
+    folder = check_model_folder(resolve_model_path(model))
+    gate = gate or DEFAULT_RERANK_GATE
+    pairs = reranker_pairs(texts)
+    reference = Reranker(folder, device="cpu", show_progress=False)
+    spec = reference.spec
+
+    def embedkit_in(truncation: str) -> np.ndarray:
+        """embedkit's PyTorch logits with the spec's truncation switched to ``truncation``."""
+        if truncation == spec.truncation:
+            return _logits(reference, pairs)
+        other = dataclasses.replace(spec, truncation=truncation, query_max_length=None)
+        saved, reference.spec = reference.spec, other
+        try:
+            return _logits(reference, pairs)
+        finally:
+            reference.spec = saved
+
+    candidates: Candidates = {
+        "embedkit-torch": (lambda: embedkit_in(spec.truncation), spec.truncation)}
+    skipped: dict[str, str] = {}
+    _add_peers(candidates, skipped, folder, spec, pairs)
     candidates = restrict_engines(candidates, skipped, engines)
 
     checks: list[EngineCheck] = []
@@ -145,21 +180,7 @@ def check_reranker_parity(model: str | Path, texts: list[str] | None = None, *, 
         if mode not in references:
             references[mode] = embedkit_in(mode)
         ref = references[mode]
-        cell = _scores_cell(ref, got)
-        if name.endswith("int8"):
-            verdict = judge_scores(ref, got, gate)
-            passed, tol = verdict["passed"], f"max |sigmoid diff| <= {gate[0]}, Spearman >= {gate[1]}"
-        else:
-            passed, tol = cell["max_abs_diff"] <= tolerance, f"max abs diff of logits <= {tolerance:g}"
-        check = EngineCheck(name, cell["max_abs_diff"], float("nan"), passed, f"{tol} (truncation={mode})")
-        if not passed and not name.endswith("int8"):
-            other = "longest_first" if mode == "flagembedding" else "flagembedding"
-            if float(np.abs(embedkit_in(other) - got).max()) <= tolerance:
-                check.diagnosis = [f"{name} matches embedkit with truncation={other!r} (it was matched in {mode!r})"]
-            else:
-                check.diagnosis = ["no truncation mode explains it (different weights, tokenizer, max_length or "
-                                   "query instruction?)"]
-        checks.append(check)
+        checks.append(_check_one(name, got, ref, mode, embedkit_in, tolerance=tolerance, gate=gate))
     order = list(scores)
     return ParityReport(model=str(folder), engines=order, texts=len(pairs), matrix=matrix,
                         checks=in_engine_order(checks, order), skipped=skipped, kind="reranker")
