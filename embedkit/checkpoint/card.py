@@ -65,6 +65,35 @@ def _fence(code: str) -> str:
     return "`" * max(3, longest + 1)
 
 
+def _card_top(front: list[str], name: str, intro: str, *, source: str | None, base_model: str | None,
+              architecture: str | None, dtype: str | None, num_parameters: int | None) -> list[str]:
+    """A card's front matter (``front`` lines after the library, then the base model), title, intro and facts."""
+    lines = ["---", "library_name: sentence-transformers", *front]
+    if base_model:
+        lines.append(f"base_model: {_yaml_string(base_model)}")
+    lines += ["---", "", f"# {_text(name)}", "", intro]
+    facts = [("source", source), ("base model", base_model), ("architecture", architecture), ("dtype", dtype),
+             ("parameters", f"{num_parameters:,}" if num_parameters else None)]
+    return lines + [""] + [f"- **{k}**: {_code(v)}" for k, v in facts if v]
+
+
+def _card_recipe(title: str, rows: list[tuple[str, Any, str]], training: dict[str, Any] | None,
+                 metrics: dict[str, Any] | None, notes: list[str] | None) -> list[str]:
+    """The recipe table (``(field, value, rule)`` rows) and the training / metrics / notes sections."""
+    lines = ["", f"## {title}", "", "| field | value | decided by |", "|---|---|---|"]
+    for field, value, rule in rows:
+        lines.append(f"| {field} | {_code(json.dumps(value, ensure_ascii=False), in_table=True)} | "
+                     f"{_text(rule)} |")
+    if training:
+        lines += ["", "## Training", ""] + [f"- **{_text(k)}**: {_markdown_line(v)}" for k, v in training.items()]
+    if metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {_text(k)} | {_text(v)} |" for k, v in metrics.items()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {_markdown_line(n)}" for n in notes]
+    return lines
+
+
 def model_card(spec: EmbedderSpec, *, name: str, source: str | None = None, base_model: str | None = None,
                architecture: str | None = None, dtype: str | None = None, num_parameters: int | None = None,
                training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
@@ -75,26 +104,12 @@ def model_card(spec: EmbedderSpec, *, name: str, source: str | None = None, base
     ``training`` / ``metrics`` values and ``notes`` may hold inline Markdown but are kept on one line.
     """
     spec.validate()
-    lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
-             "tags: [embedkit, sentence-transformers, feature-extraction, sentence-similarity]"]
-    if base_model:
-        lines.append(f"base_model: {_yaml_string(base_model)}")
-    lines += ["---", "", f"# {_text(name)}", "",
-              "Text-embedding model saved by [embedkit](https://pypi.org/project/embedkit/)."]
-    facts = [("source", source), ("base model", base_model), ("architecture", architecture), ("dtype", dtype),
-             ("parameters", f"{num_parameters:,}" if num_parameters else None)]
-    lines += [""] + [f"- **{k}**: {_code(v)}" for k, v in facts if v]
-    lines += ["", "## Embedding recipe", "", "| field | value | decided by |", "|---|---|---|"]
-    for field, value, rule in describe(spec):
-        lines.append(f"| {field} | {_code(json.dumps(value, ensure_ascii=False), in_table=True)} | "
-                     f"{_text(rule)} |")
-    if training:
-        lines += ["", "## Training", ""] + [f"- **{_text(k)}**: {_markdown_line(v)}" for k, v in training.items()]
-    if metrics:
-        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {_text(k)} | {_text(v)} |" for k, v in metrics.items()]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {_markdown_line(n)}" for n in notes]
+    lines = _card_top(["pipeline_tag: sentence-similarity",
+                       "tags: [embedkit, sentence-transformers, feature-extraction, sentence-similarity]"],
+                      name, "Text-embedding model saved by [embedkit](https://pypi.org/project/embedkit/).",
+                      source=source, base_model=base_model, architecture=architecture, dtype=dtype,
+                      num_parameters=num_parameters)
+    lines += _card_recipe("Embedding recipe", describe(spec), training, metrics, notes)
     placeholder = python_literal(PLACEHOLDER_PATH)
     truncate = f", truncate_dim={python_literal(spec.truncate_dim)}" if spec.truncate_dim else ""
     flag_instr = (f", query_instruction_for_retrieval={python_literal(spec.query_instruction)}"
@@ -145,27 +160,13 @@ def reranker_model_card(spec: Any, *, name: str, source: str | None = None, base
     from ..rerank.spec import describe_reranker
 
     spec.validate()
-    lines = ["---", "library_name: sentence-transformers", "pipeline_tag: text-ranking",
-             "tags: [embedkit, sentence-transformers, cross-encoder, reranker, text-ranking]"]
-    if base_model:
-        lines.append(f"base_model: {_yaml_string(base_model)}")
-    lines += ["---", "", f"# {_text(name)}", "",
-              "Cross-encoder reranker saved by [embedkit](https://pypi.org/project/embedkit/): it scores a "
-              "(query, passage) pair with one logit."]
-    facts = [("source", source), ("base model", base_model), ("architecture", architecture), ("dtype", dtype),
-             ("parameters", f"{num_parameters:,}" if num_parameters else None)]
-    lines += [""] + [f"- **{k}**: {_code(v)}" for k, v in facts if v]
-    lines += ["", "## Reranking recipe", "", "| field | value | decided by |", "|---|---|---|"]
-    for field, value, rule in describe_reranker(spec):
-        lines.append(f"| {field} | {_code(json.dumps(value, ensure_ascii=False), in_table=True)} | "
-                     f"{_text(rule)} |")
-    if training:
-        lines += ["", "## Training", ""] + [f"- **{_text(k)}**: {_markdown_line(v)}" for k, v in training.items()]
-    if metrics:
-        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {_text(k)} | {_text(v)} |" for k, v in metrics.items()]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {_markdown_line(n)}" for n in notes]
+    lines = _card_top(["pipeline_tag: text-ranking",
+                       "tags: [embedkit, sentence-transformers, cross-encoder, reranker, text-ranking]"],
+                      name, "Cross-encoder reranker saved by [embedkit](https://pypi.org/project/embedkit/): it "
+                      "scores a (query, passage) pair with one logit.",
+                      source=source, base_model=base_model, architecture=architecture, dtype=dtype,
+                      num_parameters=num_parameters)
+    lines += _card_recipe("Reranking recipe", describe_reranker(spec), training, metrics, notes)
     placeholder = python_literal(PLACEHOLDER_PATH)
     peer = "FlagReranker" if spec.truncation == "flagembedding" else "CrossEncoder"
     qml = spec.resolved_query_max_length

@@ -2,9 +2,9 @@
 ``onnx/embedder.onnx`` (token ids -> final vector: pooling, truncation and normalization inside, from the same
 :mod:`embedkit.pooling` code), verified against PyTorch, optionally quantized to int8 behind a quality gate.
 
-A cross-encoder (``*ForSequenceClassification``, one label) gets one graph instead, ``onnx/reranker.onnx``: token
-ids -> one score per pair (the logit, or its sigmoid with ``sigmoid=True``, recorded in ``onnx/export.json``),
-verified against PyTorch on hostile pairs, int8 gated on score agreement (:func:`export_reranker_onnx`).
+A cross-encoder (``*ForSequenceClassification``, one label) gets one graph instead, ``onnx/reranker.onnx``
+(:mod:`embedkit.export.onnx_reranker`, :func:`export_reranker_onnx`, importable from here too); what both exports
+share is in :mod:`embedkit.export._onnx_common`.
 
 Exporter: ``torch.onnx.export(..., dynamo=False)`` (TorchScript). Measured on all-MiniLM-L6-v2 here (2-core
 x86 CPU, onnxruntime 1.31, batch 64 x ~42 tokens): the TorchScript graph ran in 0.267 s vs 0.328 s for the dynamo
@@ -13,12 +13,7 @@ exporter's (1.23x faster), exported in 0.9 s vs 6.5 s, and needs no ``onnxscript
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,58 +21,36 @@ import numpy as np
 import torch
 
 from .. import pooling
-from .._io import atomic_dir, atomic_write
-from .._optional import require
-from ..batching import pad_features, pad_token_id, tokenize
+from .._io import atomic_dir
+from ..batching import tokenize
 from ..checkpoint.manifest import write_manifest
 from ..embedder import Embedder
 from ..errors import CheckpointError, EmbedkitError
 from ..folder.fingerprint import sha256_file, weights_fingerprint
-from ..folder.layout import INFERENCE_CLASSES, check_destination, check_model_folder, classify_file, list_files
+from ..folder.layout import check_destination, list_files
 from ..folder.loading import load_model, load_tokenizer
-from ..folder.onnx_files import (
-    EMBEDDER_FILE,
-    EMBEDDER_INT8_FILE,
-    EXPORT_INFO_FILE,
-    RERANKER_FILE,
-    RERANKER_INT8_FILE,
-    TRANSFORMER_FILE,
-)
-from ..models import resolve_model_path
+from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, TRANSFORMER_FILE
 from ..rerank.spec import is_reranker_folder
 from ..spec import EmbedderSpec, load_spec
 from ..textio import read_texts
 from ..verify import SAMPLE_TEXTS, compare
-
-logger = logging.getLogger("embedkit")
-
-DEFAULT_OPSET = 17
-
-# int8 candidates, fastest first; the first that passes the gate is kept. Quantizing every MatMul (per-channel)
-# gave mean cosine 0.987 / min 0.971 vs fp32 on 260 varied texts with all-MiniLM-L6-v2: the feed-forward output
-# projections (fed by GELU activations with a long tail) are the sensitive ones; keeping just those in fp32 gave
-# 0.9927 / 0.983 at about 1.5-1.9x the fp32 graph's speed.
-_INT8_CANDIDATES = (
-    ("per-channel int8, feed-forward output projections kept in fp32", {"exclude": ("output/dense",),
-                                                                        "keep": ("attention",)}),
-    ("per-channel int8, all output projections kept in fp32", {"exclude": ("output/dense",)}),
+from ._onnx_common import (
+    DEFAULT_OPSET,
+    ExportReport,
+    copy_inference_files,
+    export_graph,
+    input_names,
+    logger,
+    open_session,
+    start_export,
+    try_int8_candidates,
+    varied_feeds,
+    write_export_info,
 )
+from .onnx_reranker import ScoreGraph, export_reranker_onnx, quantize_reranker_int8
 
-
-@dataclass
-class ExportReport:
-    """What :func:`export_onnx` wrote and measured."""
-
-    path: Path
-    inputs: list[str]
-    opset: int
-    parity_max_abs_diff: float
-    int8: dict[str, Any] | None = None
-    files: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__, path=str(self.path))
+__all__ = ["DEFAULT_OPSET", "EmbedderGraph", "ExportReport", "ScoreGraph", "TransformerGraph", "export_onnx",
+           "export_reranker_onnx", "quantize_int8", "quantize_reranker_int8"]
 
 
 class TransformerGraph(torch.nn.Module):
@@ -106,107 +79,25 @@ class EmbedderGraph(TransformerGraph):
         return pooling.embed(hidden, attention_mask, self.spec.pooling, self.spec.normalize, self.spec.truncate_dim)
 
 
-def _export(module: torch.nn.Module, sample: dict[str, torch.Tensor], path: Path, output: str, opset: int) -> None:
-    import warnings
-
-    names = list(sample)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes[output] = {0: "batch", 1: "sequence"} if output == "last_hidden_state" else {0: "batch"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh wrapper Module is in training mode, and the exporter restores that mode onto the whole tree
-    # afterwards: without eval() here the encoder would come back with dropout switched on
-    module.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarnings about Python control flow on shapes (checked below)
-        torch.onnx.export(module, tuple(sample[n] for n in names), str(path), input_names=names,
-                          output_names=[output], dynamic_axes=axes, opset_version=opset, dynamo=False,
-                          do_constant_folding=True)
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _feeds(tokenizer: Any, texts: list[str], max_length: int, names: list[str]) -> list[dict[str, np.ndarray]]:
     """Varied shapes: a batch of 1 (shortest), all texts together (longest padded), and odd-size batches."""
     features = tokenize(tokenizer, texts, max_length)  # the features stage: truncated, unpadded
-    pad_id, side = pad_token_id(tokenizer), getattr(tokenizer, "padding_side", "right")
-    n = len(texts)
-    groups = [range(min(1, n)), range(n), range(1, min(8, n)), range(max(n - 5, 0), n)]  # [:1], [:], [1:8], [-5:]
-    out = []
-    for rows in groups:
-        padded = pad_features(features, np.asarray(rows, dtype=np.int64), pad_id, side)
-        out.append({name: padded[name].astype(np.int64) for name in names})
-    return out
-
-
-def _quantize_in_scratch(quantize: Any, fp32_path: Path, out_path: Path, **options: Any) -> None:
-    """Run onnxruntime's ``quantize_dynamic`` so that every file it writes lands in a scratch folder.
-
-    The quantizer writes a ``-inferred`` copy of its input next to the input, and onnxruntime's shape tools can
-    save ``sym_shape_infer_temp.onnx`` plus a weights ``*.data`` file into the *working directory*: the input is
-    linked (or copied) into a :class:`tempfile.TemporaryDirectory` beside ``out_path``, the quantizer reads and
-    writes there, and only the finished graph is moved to ``out_path``. No ``chdir`` (process-global).
-    """
-    import tempfile
-
-    import onnx
-
-    external = {t.external_data[i].value for t in onnx.load(str(fp32_path), load_external_data=False).graph.initializer
-                if t.data_location == onnx.TensorProto.EXTERNAL
-                for i in range(len(t.external_data)) if t.external_data[i].key == "location"}
-    with tempfile.TemporaryDirectory(prefix=".embedkit-quantize-", dir=out_path.parent) as scratch_dir:
-        scratch = Path(scratch_dir)
-        src, dst = scratch / fp32_path.name, scratch / "quantized.onnx"
-        for name, target in [(fp32_path, src)] + [(fp32_path.parent / e, scratch / e) for e in sorted(external)]:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(name, target)
-            except OSError:
-                shutil.copyfile(name, target)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # the quantizer logs every node through the root logger
-        try:
-            quantize(str(src), str(dst), use_external_data_format=False, **options)
-        finally:
-            root.setLevel(level)
-        os.replace(dst, out_path)
+    return varied_feeds(features, tokenizer, len(texts), names)
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, reference: np.ndarray, feed: dict[str, np.ndarray], *,
                   min_cosine: float, min_cosine_floor: float) -> dict[str, Any]:
     """Dynamic int8 quantization (per-channel weights), trying candidates from fastest to most careful; keep the
     first whose mean cosine vs fp32 is >= ``min_cosine`` and minimum >= ``min_cosine_floor``."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    nodes = [n.name for n in onnx.load(str(fp32_path), load_external_data=False).graph.node
-             if n.op_type in ("MatMul", "Gemm")]
-    tried = []
-    seen: set[tuple[str, ...]] = set()
-    for label, opts in _INT8_CANDIDATES:
-        exclude = tuple(n for n in nodes if any(p in n for p in opts["exclude"])
-                        and not any(k in n for k in opts.get("keep", ())))
-        if exclude in seen:
-            continue  # this architecture names its nodes otherwise: same as a candidate already tried
-        seen.add(exclude)
-        _quantize_in_scratch(quantize_dynamic, fp32_path, out_path, weight_type=QuantType.QInt8, per_channel=True,
-                             nodes_to_exclude=list(exclude))
-        vecs = _session(out_path).run(None, feed)[0]
+    def judge(vecs: np.ndarray) -> tuple[dict[str, Any], bool]:
         c = compare(vecs, reference)
-        result = {"settings": label, "excluded_nodes": len(exclude), "mean_cosine": round(c.mean_cosine, 6),
-                  "min_cosine": round(c.min_cosine, 6), "texts": c.rows}
-        tried.append(result)
-        if result["mean_cosine"] >= min_cosine and result["min_cosine"] >= min_cosine_floor:
-            return {"kept": True, **result, "tried": tried, "min_cosine_gate": min_cosine,
-                    "min_cosine_floor": min_cosine_floor}
-    out_path.unlink(missing_ok=True)
-    return {"kept": False, "tried": tried, "min_cosine_gate": min_cosine, "min_cosine_floor": min_cosine_floor}
+        measured = {"mean_cosine": round(c.mean_cosine, 6), "min_cosine": round(c.min_cosine, 6), "texts": c.rows}
+        return measured, measured["mean_cosine"] >= min_cosine and measured["min_cosine"] >= min_cosine_floor
+
+    tried, kept = try_int8_candidates(fp32_path, out_path, feed, judge)
+    gates = {"min_cosine_gate": min_cosine, "min_cosine_floor": min_cosine_floor}
+    return {"kept": True, **tried[-1], "tried": tried, **gates} if kept else {"kept": False, "tried": tried, **gates}
 
 
 def _sample_texts(calibration: str | Path | None) -> tuple[list[str], int]:
@@ -219,17 +110,6 @@ def _sample_texts(calibration: str | Path | None) -> tuple[list[str], int]:
     added = [t for t in read_texts(calibration, what="calibration file") if t.strip() and t not in builtin]
     texts += list(dict.fromkeys(added))
     return texts, len(texts) - len(builtin)
-
-
-def _copy_inference_files(src: Path, tmp: Path) -> None:
-    """The model's inference files (weights, config, tokenizer, sentence-transformers layout, card) into ``tmp``."""
-    for rel in list_files(src):
-        if classify_file(rel) in INFERENCE_CLASSES:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / rel, tmp / rel)
-    for rel in ("2_Normalize",):
-        if (src / rel).is_dir():
-            (tmp / rel).mkdir(exist_ok=True)
 
 
 def _check_parity(session: Any, reference: Embedder, spec: EmbedderSpec, feeds: list[dict[str, np.ndarray]]) -> float:
@@ -258,8 +138,7 @@ def _write_export_info(tmp: Path, src: Path, *, opset: int, names: list[str], di
         "files": {f: sha256_file(tmp / f) for f in files},
         "parity": {"max_abs_diff_vs_torch": worst, "texts": num_texts}, "int8": int8,
     }
-    with atomic_write(tmp / EXPORT_INFO_FILE, "w") as fh:
-        fh.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    write_export_info(tmp, info)
 
 
 def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSET, quantize: str | None = None,
@@ -277,13 +156,7 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     Example:
         >>> export_onnx("my-bge", "my-bge-onnx", quantize="int8")
     """
-    require("onnx", "ONNX export")
-    require("onnxruntime", "ONNX export")
-
-    t0 = time.perf_counter()
-    if quantize not in (None, "int8"):
-        raise EmbedkitError(f"unknown quantization {quantize!r}", hint="use --quantize int8")
-    src = check_model_folder(resolve_model_path(model))
+    t0, src = start_export(model, quantize)
     if is_reranker_folder(src):
         if calibration is not None:
             raise EmbedkitError("--calibration takes texts for an embedder's int8 gate; a reranker's gate runs on "
@@ -297,7 +170,7 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     spec = load_spec(src)
     tokenizer = load_tokenizer(src)
     encoder = load_model(src, trust_pickle=trust_pickle).float().eval()
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tokenizer.model_input_names]
+    names = input_names(tokenizer)
     texts, n_added = _sample_texts(calibration)
     max_length = max(spec.query_max_length, spec.passage_max_length)
     sample = tokenizer(["a short one", "and a slightly longer second sentence"], padding=True,
@@ -306,10 +179,10 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
     reference = Embedder.from_model(encoder, tokenizer, spec)
 
     with atomic_dir(dst, overwrite=overwrite) as tmp:
-        _copy_inference_files(src, tmp)
-        _export(TransformerGraph(encoder), sample, tmp / TRANSFORMER_FILE, "last_hidden_state", opset)
-        _export(EmbedderGraph(encoder, spec), sample, tmp / EMBEDDER_FILE, "sentence_embedding", opset)
-        session = _session(tmp / EMBEDDER_FILE)
+        copy_inference_files(src, tmp)
+        export_graph(TransformerGraph(encoder), sample, tmp / TRANSFORMER_FILE, "last_hidden_state", opset)
+        export_graph(EmbedderGraph(encoder, spec), sample, tmp / EMBEDDER_FILE, "sentence_embedding", opset)
+        session = open_session(tmp / EMBEDDER_FILE)
         worst = _check_parity(session, reference, spec, _feeds(tokenizer, texts, max_length, names))
         int8 = None
         if quantize == "int8":
@@ -330,142 +203,3 @@ def export_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSE
                         seconds=time.perf_counter() - t0)
 
 
-# ---------------------------------------------------------------------- rerankers
-class ScoreGraph(torch.nn.Module):
-    """Token ids of (query, passage) pairs -> ``score``: the classification head's one logit, or its sigmoid."""
-
-    def __init__(self, model: torch.nn.Module, sigmoid: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.sigmoid = sigmoid
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits[:, 0]
-        return torch.sigmoid(logits) if self.sigmoid else logits
-
-
-def _pair_feeds(reranker: Any, pairs: list[tuple[str, str]], names: list[str]) -> list[dict[str, np.ndarray]]:
-    """Padded pair batches of varied shapes: one pair, all pairs (longest padded), and odd-size slices."""
-    features = reranker.features(pairs)
-    pad_id, side = pad_token_id(reranker.tokenizer), getattr(reranker.tokenizer, "padding_side", "right")
-    n = len(pairs)
-    groups = [range(min(1, n)), range(n), range(1, min(8, n)), range(max(n - 5, 0), n)]
-    return [{name: pad_features(features, np.asarray(rows, dtype=np.int64), pad_id, side)[name].astype(np.int64)
-             for name in names} for rows in groups]
-
-
-def _torch_scores(model: torch.nn.Module, feed: dict[str, np.ndarray], sigmoid: bool) -> np.ndarray:
-    with torch.no_grad():
-        logits = model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits[:, 0].float()
-    return (torch.sigmoid(logits) if sigmoid else logits).numpy()
-
-
-def _as_logits(scores: np.ndarray, sigmoid: bool) -> np.ndarray:
-    """The logits behind ``scores`` (the gate compares logits; a sigmoid graph's output is inverted for it)."""
-    if not sigmoid:
-        return np.asarray(scores, dtype=np.float64)
-    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
-def quantize_reranker_int8(fp32_path: Path, out_path: Path, reference: np.ndarray, feed: dict[str, np.ndarray], *,
-                           sigmoid: bool, gate: tuple[float, float]) -> dict[str, Any]:
-    """Dynamic int8 quantization of a reranker graph, candidates as for embedders (fastest first); keep the first
-    whose scores agree with fp32 (:func:`embedkit.rerank.reranker.judge_scores`: max |sigmoid diff| <= ``gate[0]``,
-    Spearman >= ``gate[1]``)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from ..rerank.reranker import judge_scores
-
-    nodes = [n.name for n in onnx.load(str(fp32_path), load_external_data=False).graph.node
-             if n.op_type in ("MatMul", "Gemm")]
-    tried: list[dict[str, Any]] = []
-    seen: set[tuple[str, ...]] = set()
-    for label, opts in _INT8_CANDIDATES:
-        exclude = tuple(n for n in nodes if any(p in n for p in opts["exclude"])
-                        and not any(k in n for k in opts.get("keep", ())))
-        if exclude in seen:
-            continue
-        seen.add(exclude)
-        _quantize_in_scratch(quantize_dynamic, fp32_path, out_path, weight_type=QuantType.QInt8, per_channel=True,
-                             nodes_to_exclude=list(exclude))
-        scores = np.asarray(_session(out_path).run(None, feed)[0]).reshape(-1)
-        verdict = judge_scores(_as_logits(reference, sigmoid), _as_logits(scores, sigmoid), gate)
-        result = {"settings": label, "excluded_nodes": len(exclude), "max_abs_diff": verdict["max_abs_diff"],
-                  "spearman": verdict["spearman"], "pairs": verdict["pairs"]}
-        tried.append(result)
-        if verdict["passed"]:
-            return {"kept": True, **result, "tried": tried, "gate": list(gate)}
-    out_path.unlink(missing_ok=True)
-    return {"kept": False, "tried": tried, "gate": list(gate)}
-
-
-def export_reranker_onnx(model: str | Path, dst: str | Path, *, opset: int = DEFAULT_OPSET,
-                         quantize: str | None = None, sigmoid: bool = False,
-                         gate: tuple[float, float] = (0.01, 0.99), overwrite: bool = False,
-                         trust_pickle: bool = False) -> ExportReport:
-    """Export a one-label cross-encoder to ``dst/onnx/reranker.onnx``: token ids -> one score per pair.
-
-    ``dst`` gets the model's inference files (its ``config.json`` keeps the reranking recipe), the graph,
-    ``onnx/export.json`` (``kind: reranker``, ``sigmoid``, spec, source weight hashes, file hashes, measured parity)
-    and, with ``quantize="int8"`` when it passes ``gate`` (max |sigmoid diff|, min Spearman vs fp32 on
-    :func:`embedkit.rerank.reranker.gate_pairs`), ``onnx/reranker_int8.onnx``. The graph returns the logit, or its
-    sigmoid with ``sigmoid=True`` (for serving; :class:`~embedkit.Reranker` needs the logit graph).
-    :class:`CheckpointError` when the graph differs from PyTorch by more than 1e-4 on any shape.
-
-    Example:
-        >>> export_reranker_onnx("my-reranker", "my-reranker-onnx", quantize="int8")
-    """
-    require("onnx", "ONNX export")
-    require("onnxruntime", "ONNX export")
-    from ..rerank.reranker import Reranker, gate_pairs
-
-    t0 = time.perf_counter()
-    if quantize not in (None, "int8"):
-        raise EmbedkitError(f"unknown quantization {quantize!r}", hint="use --quantize int8")
-    src = check_model_folder(resolve_model_path(model))
-    dst = check_destination(dst, overwrite=overwrite, src=src)
-    reranker = Reranker(src, device="cpu", show_progress=False, trust_pickle=trust_pickle)
-    net = reranker.model.float().eval()
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
-             if n in reranker.tokenizer.model_input_names]
-    pairs = gate_pairs()
-    feeds = _pair_feeds(reranker, pairs, names)
-    sample = {n: torch.from_numpy(v) for n, v in _pair_feeds(reranker, pairs[:2], names)[1].items()}
-
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
-        _copy_inference_files(src, tmp)
-        _export(ScoreGraph(net, sigmoid), sample, tmp / RERANKER_FILE, "score", opset)
-        session = _session(tmp / RERANKER_FILE)
-        worst = 0.0
-        for feed in feeds:
-            got = np.asarray(session.run(None, feed)[0]).reshape(-1)
-            worst = max(worst, float(np.abs(got - _torch_scores(net, feed, sigmoid)).max()) if len(got) else 0.0)
-        if worst > 1e-4:
-            raise CheckpointError(f"the exported reranker graph differs from PyTorch (max abs diff {worst:.2e})",
-                                  hint="please report this model type as an embedkit bug")
-        int8 = None
-        if quantize == "int8":
-            int8 = quantize_reranker_int8(tmp / RERANKER_FILE, tmp / RERANKER_INT8_FILE,
-                                          session.run(None, feeds[1])[0], feeds[1], sigmoid=sigmoid, gate=gate)
-        files = [f for f in (RERANKER_FILE, RERANKER_INT8_FILE) if (tmp / f).is_file()]
-        info = {
-            "format": "embedkit-onnx/1", "kind": "reranker", "source": str(src), "opset": opset,
-            "exporter": "torch.onnx (torchscript)", "inputs": names, "outputs": {RERANKER_FILE: "score"},
-            "sigmoid": sigmoid, "score": "sigmoid(logit)" if sigmoid else "logit", "spec": reranker.spec.to_dict(),
-            "source_weights": weights_fingerprint(src), "files": {f: sha256_file(tmp / f) for f in files},
-            "parity": {"max_abs_diff_vs_torch": worst, "pairs": len(pairs)}, "int8": int8,
-        }
-        with atomic_write(tmp / EXPORT_INFO_FILE, "w") as fh:
-            fh.write(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-        write_manifest(tmp)
-        all_files = list_files(tmp)
-    if int8 is not None and not int8["kept"]:
-        best = min(int8["tried"], key=lambda r: r["max_abs_diff"])
-        logger.warning("int8 kept out: best max |sigmoid diff| %.4f (Spearman %.4f) misses the gate %s / %s; the fp32 "
-                       "graph is the export", best["max_abs_diff"], best["spearman"], *gate)
-    return ExportReport(path=dst, inputs=names, opset=opset, parity_max_abs_diff=worst, int8=int8, files=all_files,
-                        seconds=time.perf_counter() - t0)

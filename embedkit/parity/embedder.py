@@ -1,4 +1,4 @@
-"""Parity: the same texts through every way of loading a model, compared; disagreements diagnosed.
+"""Parity of an embedder: the same texts through every way of loading a model, compared; disagreements diagnosed.
 
 Engines (each only when available): embedkit's PyTorch backend (the reference), the ONNX export (fp32 and int8),
 sentence-transformers (when installed and the folder has its layout), FlagEmbedding's ``FlagModel`` (when
@@ -7,9 +7,8 @@ Python process: see :func:`run_recipe`). Each encodes queries (with the query in
 engine disagrees with the reference, embedkit re-encodes with one spec field changed at a time (pooling,
 normalization, instruction, max length, fp16) and says which change explains it.
 
-A cross-encoder folder (``*ForSequenceClassification``) is checked by :func:`check_reranker_parity` instead: the
-same (query, passage) pairs scored by embedkit (PyTorch, ONNX fp32 / int8), FlagEmbedding's ``FlagReranker`` and
-sentence-transformers' ``CrossEncoder``, each peer compared with embedkit run in that peer's own truncation mode.
+A cross-encoder folder (``*ForSequenceClassification``) is checked by
+:func:`embedkit.parity.reranker.check_reranker_parity` instead.
 """
 
 from __future__ import annotations
@@ -25,20 +24,21 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import EmbedkitError
-from .folder.layout import check_model_folder
-from .folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE, RERANKER_FILE, RERANKER_INT8_FILE
-from .models import resolve_model_path
-from .recipe import recipe
-from .rerank.spec import is_reranker_folder
-from .spec import POOLING_MODES, EmbedderSpec
-from .verify import SAMPLE_TEXTS, compare
+from ..errors import EmbedkitError
+from ..folder.layout import check_model_folder
+from ..folder.onnx_files import EMBEDDER_FILE, EMBEDDER_INT8_FILE
+from ..models import resolve_model_path
+from ..recipe import recipe
+from ..rerank.spec import is_reranker_folder
+from ..spec import POOLING_MODES, EmbedderSpec
+from ..verify import SAMPLE_TEXTS, compare
+from .report import EngineCheck, ParityReport, in_engine_order, restrict_engines, run_engines
+from .reranker import check_reranker_parity
 
 logger = logging.getLogger("embedkit")
 
@@ -65,42 +65,6 @@ with open(texts_file, encoding="utf-8") as fh:
 np.save(queries_file, module.encode_queries(texts).float().numpy(), allow_pickle=False)
 np.save(passages_file, module.encode_passages(texts).float().numpy(), allow_pickle=False)
 """
-
-
-@dataclass
-class EngineCheck:
-    """One engine compared with the reference (embedkit, PyTorch)."""
-
-    engine: str
-    max_abs_diff: float
-    min_cosine: float
-    passed: bool
-    tolerance: str
-    diagnosis: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-@dataclass
-class ParityReport:
-    """The pairwise matrix and the per-engine verdicts."""
-
-    model: str
-    engines: list[str]
-    texts: int
-    matrix: dict[str, dict[str, dict[str, float]]]
-    checks: list[EngineCheck]
-    skipped: dict[str, str]
-    kind: str = "embedder"
-    """``"embedder"`` (vectors; ``texts`` counts texts) or ``"reranker"`` (logits; ``texts`` counts pairs)."""
-
-    @property
-    def ok(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "ok": self.ok, "engines": self.engines, "texts": self.texts,
-                "matrix": self.matrix, "checks": [dataclasses.asdict(c) for c in self.checks],
-                "skipped": self.skipped, "kind": self.kind}
 
 
 def _compare(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -243,7 +207,7 @@ def diagnose(reference: Any, target: np.ndarray, texts: list[str], folder: Path,
     import torch
 
     # lazy: pulls in torch; embedkit.parity stays importable without it (fast CLI start)
-    from .embedder import Embedder
+    from ..embedder import Embedder
 
     model, tokenizer, spec = reference.backend.model, reference.tokenizer, reference.spec
     found = []
@@ -267,29 +231,14 @@ def diagnose(reference: Any, target: np.ndarray, texts: list[str], folder: Path,
     return found
 
 
-# ---------------------------------------------------------------------- the run
-def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance: float = 1e-5,
-                 int8_min_cosine: float = 0.95, diagnose_mismatches: bool = True,
-                 engines: tuple[str, ...] | None = None) -> ParityReport:
-    """Run ``texts`` through every available way of loading ``model`` and compare with embedkit (PyTorch).
-
-    fp32 engines pass when their max abs diff is ≤ ``tolerance``; the int8 graph when its minimum cosine is
-    ≥ ``int8_min_cosine``. ``engines`` restricts the run (names as in the report).
-
-    Example:
-        >>> report = check_parity("my-bge")
-        >>> report.ok, [c.diagnosis for c in report.checks if not c.passed]
-    """
+def _engines(folder: Path, reference: Any) -> tuple[dict[str, Callable[[], Encoder]], dict[str, str]]:
+    """The engines this folder and environment have (builders, by name; ``embedkit-torch`` is ``reference``) and
+    why each missing one is missing."""
     import importlib.util
 
     # lazy: pulls in torch; embedkit.parity stays importable without it (fast CLI start)
-    from .embedder import Embedder
+    from ..embedder import Embedder
 
-    folder = check_model_folder(resolve_model_path(model))
-    if is_reranker_folder(folder):
-        return check_reranker_parity(folder, texts, tolerance=tolerance, engines=engines)
-    texts = list(texts or SAMPLE_TEXTS)
-    reference = Embedder(folder, device="cpu", show_progress=False)
     spec = reference.spec
     candidates: dict[str, Callable[[], Encoder]] = {"embedkit-torch": lambda: _embedkit_engine(reference)}
     skipped: dict[str, str] = {}
@@ -313,21 +262,36 @@ def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance
     else:
         candidates["flagembedding"] = lambda: _flag_engine(folder, spec)
     candidates["recipe"] = lambda: _recipe_engine(folder)
-    if engines:
-        unknown = set(engines) - set(candidates) - set(skipped)
-        if unknown:
-            raise EmbedkitError(f"unknown engine(s) {', '.join(sorted(unknown))}",
-                                hint=f"available here: {', '.join(candidates)}")
-        candidates = {k: v for k, v in candidates.items() if k in engines or k == "embedkit-torch"}
+    return candidates, skipped
 
-    vectors: dict[str, np.ndarray] = {}
+
+# ---------------------------------------------------------------------- the run
+def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance: float = 1e-5,
+                 int8_min_cosine: float = 0.95, diagnose_mismatches: bool = True,
+                 engines: tuple[str, ...] | None = None) -> ParityReport:
+    """Run ``texts`` through every available way of loading ``model`` and compare with embedkit (PyTorch).
+
+    fp32 engines pass when their max abs diff is ≤ ``tolerance``; the int8 graph when its minimum cosine is
+    ≥ ``int8_min_cosine``. ``engines`` restricts the run (names as in the report).
+
+    Example:
+        >>> report = check_parity("my-bge")
+        >>> report.ok, [c.diagnosis for c in report.checks if not c.passed]
+    """
+    # lazy: pulls in torch; embedkit.parity stays importable without it (fast CLI start)
+    from ..embedder import Embedder
+
+    folder = check_model_folder(resolve_model_path(model))
+    if is_reranker_folder(folder):
+        return check_reranker_parity(folder, texts, tolerance=tolerance, engines=engines)
+    texts = list(texts or SAMPLE_TEXTS)
+    reference = Embedder(folder, device="cpu", show_progress=False)
+    candidates, skipped = _engines(folder, reference)
+    candidates = restrict_engines(candidates, skipped, engines)
+
     checks: list[EngineCheck] = []
-    for name, build in candidates.items():
-        try:
-            vectors[name] = _both_sides(build(), texts)
-        except Exception as exc:  # noqa: BLE001 - one engine failing must not hide the others
-            checks.append(EngineCheck(name, float("nan"), float("nan"), False, "-", error=f"{type(exc).__name__}: "
-                                      f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"))
+    vectors: dict[str, np.ndarray] = run_engines(
+        {name: (lambda build=build: _both_sides(build(), texts)) for name, build in candidates.items()}, checks)
     matrix = {a: {b: _compare(va, vb) for b, vb in vectors.items()} for a, va in vectors.items()}
     for name, vecs in vectors.items():
         if name == "embedkit-torch":
@@ -345,161 +309,4 @@ def check_parity(model: str | Path, texts: list[str] | None = None, *, tolerance
         checks.append(check)
     order = list(vectors)
     return ParityReport(model=str(folder), engines=order, texts=len(texts), matrix=matrix,
-                        checks=sorted(checks, key=lambda c: order.index(c.engine) if c.engine in order else 99),
-                        skipped=skipped)
-
-
-# ---------------------------------------------------------------------- rerankers
-def reranker_pairs(texts: list[str] | None = None) -> list[tuple[str, str]]:
-    """The pairs a reranker's parity runs on: :func:`embedkit.rerank.reranker.gate_pairs` (built-in hostile texts:
-    empty, CJK, emoji, past max_length...), or each of the first four of ``texts`` against every one of them."""
-    from .rerank.reranker import gate_pairs
-
-    if not texts:
-        return gate_pairs()
-    return [(q, p) for q in texts[:4] for p in texts]
-
-
-def _logits(reranker: Any, pairs: list[tuple[str, str]]) -> np.ndarray:
-    return np.asarray(reranker.compute_score(pairs), dtype=np.float32).reshape(-1)
-
-
-def _scores_cell(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    from .rerank.reranker import _spearman
-
-    return {"max_abs_diff": float(np.abs(a - b).max()) if len(a) else 0.0, "spearman": round(_spearman(a, b), 6)}
-
-
-def _flag_reranker_scores(folder: Path, spec: Any, pairs: list[tuple[str, str]]) -> np.ndarray:
-    from FlagEmbedding import FlagReranker
-
-    qml = spec.query_max_length if spec.truncation == "flagembedding" else None
-    kwargs: dict[str, Any] = {"query_max_length": qml} if qml is not None else {}
-    if spec.query_instruction is not None:
-        kwargs |= {"query_instruction_for_rerank": spec.query_instruction,
-                   "query_instruction_format": spec.query_instruction_format}
-    with contextlib.redirect_stderr(io.StringIO()):
-        model = FlagReranker(str(folder), use_fp16=False, devices="cpu", max_length=spec.max_length, **kwargs)
-        scores = model.compute_score(pairs, normalize=False)
-    return np.asarray(scores if isinstance(scores, list) else [scores], dtype=np.float32)
-
-
-def _cross_encoder_scores(folder: Path, spec: Any, pairs: list[tuple[str, str]]) -> np.ndarray:
-    import torch
-    from sentence_transformers import CrossEncoder
-
-    model = CrossEncoder(str(folder), device="cpu", max_length=spec.max_length, local_files_only=True)
-    prepared = [(spec.prepare_query(q), p) for q, p in pairs]  # CrossEncoder applies no query instruction
-    return np.asarray(model.predict(prepared, activation_fn=torch.nn.Identity(), show_progress_bar=False),
-                      dtype=np.float32).reshape(-1)
-
-
-def check_reranker_parity(model: str | Path, texts: list[str] | None = None, *, tolerance: float = 1e-5,
-                          gate: tuple[float, float] | None = None,
-                          engines: tuple[str, ...] | None = None) -> ParityReport:
-    """Score the same pairs (:func:`reranker_pairs`) with every available way of loading a cross-encoder and
-    compare the logits with embedkit (PyTorch).
-
-    Engines: ``embedkit-torch`` (the folder's spec), ``embedkit-onnx`` / ``embedkit-onnx-int8`` (its export),
-    ``flagembedding`` (``FlagReranker.compute_score``) and ``sentence-transformers`` (``CrossEncoder.predict``
-    with the identity activation). The two peers truncate long pairs differently, so each is compared with embedkit
-    run in its own truncation mode (``flagembedding`` / ``longest_first``; the spec's other fields unchanged);
-    a peer that misses is checked against the other mode too and the diagnosis says when that explains it. fp32
-    engines pass at max abs diff <= ``tolerance``; int8 by :func:`embedkit.rerank.reranker.judge_scores` with
-    ``gate`` (default :data:`~embedkit.rerank.reranker.DEFAULT_RERANK_GATE`).
-
-    Example:
-        >>> check_reranker_parity("my-reranker-onnx").ok
-        True
-    """
-    import importlib.util
-
-    from .rerank.reranker import DEFAULT_RERANK_GATE, Reranker, judge_scores
-
-    folder = check_model_folder(resolve_model_path(model))
-    gate = gate or DEFAULT_RERANK_GATE
-    pairs = reranker_pairs(texts)
-    reference = Reranker(folder, device="cpu", show_progress=False)
-    spec = reference.spec
-
-    def embedkit_in(truncation: str) -> np.ndarray:
-        """embedkit's PyTorch logits with the spec's truncation switched to ``truncation``."""
-        if truncation == spec.truncation:
-            return _logits(reference, pairs)
-        other = dataclasses.replace(spec, truncation=truncation, query_max_length=None)
-        saved, reference.spec = reference.spec, other
-        try:
-            return _logits(reference, pairs)
-        finally:
-            reference.spec = saved
-
-    # name -> (build scores, the truncation it is matched in)
-    candidates: dict[str, tuple[Callable[[], np.ndarray], str]] = {
-        "embedkit-torch": (lambda: embedkit_in(spec.truncation), spec.truncation)}
-    skipped: dict[str, str] = {}
-    info_sigmoid = False
-    if (folder / RERANKER_FILE).is_file():
-        with contextlib.suppress(ValueError, OSError):
-            info_sigmoid = bool(json.loads((folder / "onnx" / "export.json").read_text("utf-8")).get("sigmoid"))
-    if info_sigmoid:
-        skipped["embedkit-onnx"] = "the ONNX graph ends in a sigmoid (exported with --sigmoid): no logits to compare"
-    elif (folder / RERANKER_FILE).is_file():
-        candidates["embedkit-onnx"] = (lambda: np.asarray(Reranker(folder, backend="onnx", show_progress=False)
-                                       .compute_score(pairs), dtype=np.float32), spec.truncation)
-        if (folder / RERANKER_INT8_FILE).is_file():
-            candidates["embedkit-onnx-int8"] = (
-                lambda: np.asarray(Reranker(folder, backend="onnx", precision="int8", show_progress=False)
-                .compute_score(pairs), dtype=np.float32), spec.truncation)
-    else:
-        skipped["embedkit-onnx"] = "no ONNX export in the folder (embedkit export onnx)"
-    if importlib.util.find_spec("FlagEmbedding") is None:
-        skipped["flagembedding"] = "not installed"
-    else:
-        candidates["flagembedding"] = (lambda: _flag_reranker_scores(folder, spec, pairs), "flagembedding")
-    if importlib.util.find_spec("sentence_transformers") is None:
-        skipped["sentence-transformers"] = "not installed"
-    else:
-        candidates["sentence-transformers"] = (lambda: _cross_encoder_scores(folder, spec, pairs), "longest_first")
-    if engines:
-        unknown = set(engines) - set(candidates) - set(skipped)
-        if unknown:
-            raise EmbedkitError(f"unknown engine(s) {', '.join(sorted(unknown))}",
-                                hint=f"available here: {', '.join(candidates)}")
-        candidates = {k: v for k, v in candidates.items() if k in engines or k == "embedkit-torch"}
-
-    scores: dict[str, np.ndarray] = {}
-    checks: list[EngineCheck] = []
-    for name, (build, _) in candidates.items():
-        try:
-            scores[name] = np.asarray(build(), dtype=np.float32).reshape(-1)
-        except Exception as exc:  # noqa: BLE001 - one engine failing must not hide the others
-            checks.append(EngineCheck(name, float("nan"), float("nan"), False, "-", error=f"{type(exc).__name__}: "
-                                      f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"))
-    matrix = {a: {b: _scores_cell(va, vb) for b, vb in scores.items()} for a, va in scores.items()}
-    references = {spec.truncation: scores.get("embedkit-torch")}
-    for name, got in scores.items():
-        if name == "embedkit-torch":
-            continue
-        mode = candidates[name][1]
-        if mode not in references:
-            references[mode] = embedkit_in(mode)
-        ref = references[mode]
-        cell = _scores_cell(ref, got)
-        if name.endswith("int8"):
-            verdict = judge_scores(ref, got, gate)
-            passed, tol = verdict["passed"], f"max |sigmoid diff| <= {gate[0]}, Spearman >= {gate[1]}"
-        else:
-            passed, tol = cell["max_abs_diff"] <= tolerance, f"max abs diff of logits <= {tolerance:g}"
-        check = EngineCheck(name, cell["max_abs_diff"], float("nan"), passed, f"{tol} (truncation={mode})")
-        if not passed and not name.endswith("int8"):
-            other = "longest_first" if mode == "flagembedding" else "flagembedding"
-            if float(np.abs(embedkit_in(other) - got).max()) <= tolerance:
-                check.diagnosis = [f"{name} matches embedkit with truncation={other!r} (it was matched in {mode!r})"]
-            else:
-                check.diagnosis = ["no truncation mode explains it (different weights, tokenizer, max_length or "
-                                   "query instruction?)"]
-        checks.append(check)
-    order = list(scores)
-    return ParityReport(model=str(folder), engines=order, texts=len(pairs), matrix=matrix,
-                        checks=sorted(checks, key=lambda c: order.index(c.engine) if c.engine in order else 99),
-                        skipped=skipped, kind="reranker")
+                        checks=in_engine_order(checks, order), skipped=skipped)
