@@ -81,7 +81,7 @@ def test_sample_is_varied_and_distinct():
 
 # ---------------------------------------------------------------------- every former caller uses verify
 @pytest.mark.parametrize("module", ["precision.py", "export/onnx.py", "checkpoint/convert.py",
-                                    "checkpoint/merge.py", "parity/embedder.py", "embedder.py"])
+                                    "checkpoint/merge.py", "parity/embedder.py", "backends/factory.py"])
 def test_callers_use_verify(module):
     text = (ROOT / module).read_text(encoding="utf-8")
     assert re.search(r"from \.+verify import", text), f"{module} does not use embedkit.verify"
