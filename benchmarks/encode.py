@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import make_texts, median, peak_rss_mb, run_and_collect, run_worker  # noqa: E402
 
 ENGINES = ("sentence-transformers", "flagembedding", "embedkit-fp32", "embedkit-auto", "embedkit-bf16",
-           "embedkit-int8")
+           "embedkit-int8", "embedkit-int8-torch")
+# Levers measured on request (--engines), not by default: fp32 with widths padded up to 16 (fewer oneDNN shapes).
+LEVERS = ("embedkit-fp32-pad16",)
 PEER = "sentence-transformers"
 
 
@@ -34,7 +37,14 @@ def _load(engine: str, path: str, max_length: int, onnx_dir: str | None, pooling
 
         precision = engine.split("-", 1)[1]
         folder = onnx_dir if precision == "int8" else path
-        m = Embedder(folder, device="cpu", max_length=max_length, precision=precision, show_progress=False)
+        cls = Embedder
+        if precision == "fp32-pad16":
+            class Padded(Embedder):
+                _pad_multiple = 16
+            cls, precision = Padded, "fp32"
+        # int8-torch ungated: its raw speed and its cosine vs fp32 are what this row is for (auto gates it)
+        gate = {"precision_gate": None} if precision == "int8-torch" else {}
+        m = cls(folder, device="cpu", max_length=max_length, precision=precision, show_progress=False, **gate)
         return lambda texts, bs: m.encode(texts, batch_size=bs), m
     if engine == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
@@ -65,7 +75,9 @@ def worker(engine: str, args: argparse.Namespace) -> None:
     np.save(args.vectors_out, vecs)
     print(json.dumps({"engine": engine, "texts_per_s": len(texts) / elapsed, "seconds": elapsed, "load_s": load_s,
                       "peak_rss_mb": peak_rss_mb(),
-                      "precision": getattr(embedder, "precision", None)}))
+                      "precision": getattr(embedder, "precision", None),
+                      "precision_summary": getattr(embedder, "precision_summary", None),
+                      "auto": getattr(getattr(embedder, "precision_info", None), "auto", None)}))
 
 
 HOST_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile")
@@ -155,6 +167,11 @@ def bench_model(label: str, path: Path, n: int, args: argparse.Namespace, engine
                "load_s": round(median([x["load_s"] for x in results[e]]), 2)}
         if results[e][-1].get("precision"):
             row["precision"] = results[e][-1]["precision"]
+            row["precision_summary"] = results[e][-1]["precision_summary"]
+        if results[e][0].get("auto"):  # what auto measured and picked on this host (the first run measures)
+            auto = results[e][0]["auto"]
+            row["auto"] = {"chosen": auto["chosen"], "candidates": auto["candidates"],
+                           "first_run_load_s": round(results[e][0]["load_s"], 2)}
         if PEER in tps:
             row["ratio_to_st_fp32"] = round(tps[e] / tps[PEER], 3)
         if ref is not None:
@@ -191,6 +208,7 @@ def main() -> None:
                  "runs": args.runs, "machine": gemm, "models": {}}
     with tempfile.TemporaryDirectory(prefix="embedkit-bench-") as tmp:
         args.tmp = tmp
+        os.environ.setdefault("EMBEDKIT_CACHE", str(Path(tmp) / "cache"))  # auto measures in its first run
         for label in args.models.split(","):
             if label == "minilm":
                 result = bench_model("minilm", minilm_path(), args.n, args, engines, "mean")

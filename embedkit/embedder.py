@@ -93,10 +93,12 @@ class Embedder:
         truncate_dim: output dimension (Matryoshka truncation, applied before normalization).
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         dtype: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``.
-        precision: ``"fp32"`` (default: exact, equal to the peers), ``"auto"`` (bf16 on CPUs with bf16 matrix
-            units, fp16 on CUDA, else fp32), ``"bf16"``, ``"fp16"`` or ``"int8"`` (the ONNX export's quality-gated
-            int8 graph). Non-fp32 precisions pass a quality gate against fp32 on first use (cached on disk) and
-            fall back to fp32 with a warning when they fail it; ``m.precision`` / ``m.precision_reason`` tell.
+        precision: ``"fp32"`` (default: exact, equal to the peers), ``"auto"`` (on CPU: the fastest of fp32,
+            int8-torch, the folder's ONNX int8 and native bf16 that passes the gate, measured once per host and
+            cached; fp16 on CUDA), ``"bf16"``, ``"fp16"``, ``"int8"`` (the ONNX export's quality-gated int8 graph)
+            or ``"int8-torch"`` (dynamically quantized int8 linears, CPU). Non-fp32 precisions pass a quality gate
+            against fp32 on first use (cached on disk) and fall back to fp32 with a warning when they fail it;
+            ``m.precision`` / ``m.precision_reason`` / ``m.precision_summary`` tell.
         precision_gate: ``(min mean cosine, min cosine)`` vs fp32 for that gate (default 0.999 / 0.995).
         backend: ``"torch"`` (default) or ``"onnx"`` (the folder's ``onnx/embedder.onnx`` from
             ``embedkit export onnx``, through onnxruntime).

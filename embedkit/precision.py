@@ -1,10 +1,15 @@
 """Precision: which dtype to run a model in, why, and whether it is good enough (a cached quality gate).
 
-``auto`` picks bf16 on CPUs with bf16 matrix units (``amx_bf16`` or ``avx512_bf16`` in the CPU flags), fp16 on CUDA,
-fp32 otherwise. Any precision other than fp32 must pass a quality gate the first time it is used for a
-(model, spec, precision, machine): vectors on the varied built-in sample (:data:`embedkit.verify.SAMPLE_TEXTS`)
-are compared with fp32, and below the thresholds (mean cosine 0.999, min 0.995 by default) embedkit falls back to
-fp32 with a warning. The verdict is cached on disk (``$EMBEDKIT_CACHE/precision-gate.json``) so the check costs once.
+``auto`` on a CPU is **measured**, per host and model, once: fp32 and each candidate (``int8-torch``: dynamically
+quantized linears; ``int8``: the folder's ONNX int8 graph when it has one; ``bf16`` only where the CPU has native bf16,
+``avx512_bf16`` / ``amx_bf16``) run the quality gate and a small fixed workload, and the fastest that passes wins
+(fp32 unless a candidate beats it by :data:`AUTO_MARGIN`). The measurement is cached with the verdicts, keyed on the
+host (CPU model, flags, threads) so another CPU measures again. On CUDA ``auto`` is fp16.
+
+Any precision other than fp32 must pass a quality gate the first time it is used for a (model, spec, precision,
+machine): vectors on the varied built-in sample (:data:`embedkit.verify.SAMPLE_TEXTS`) are compared
+with fp32, and below the thresholds (mean cosine 0.999, min 0.995 by default) embedkit falls back to fp32 with a
+warning. The verdict is cached on disk (``$EMBEDKIT_CACHE/precision-gate.json``) so the check costs once.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from .verify import compare
 
 logger = logging.getLogger("embedkit")
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "int8-torch")
+AUTO_MARGIN = 1.05  # a candidate must beat exact fp32 by 5 % on the workload for auto to give up exactness
+NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
+HOST_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "f16c")
 DEFAULT_GATE = (0.999, 0.995)  # (mean cosine, min cosine) vs fp32
 
 
@@ -43,6 +51,60 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
         if key.strip() in ("flags", "Features"):
             return set(value.split())
     return set()
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``; ``platform.processor()`` elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "cpu model"):
+            return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def host_id() -> dict[str, Any]:
+    """What makes a speed measurement this host's: CPU model, the flags that decide int8 / bf16 speed, torch
+    threads and version (part of ``auto``'s cache key: a different CPU measures again)."""
+    return {"cpu": cpu_model(), "flags": sorted(cpu_flags() & set(HOST_FLAGS)), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def pick_fastest(candidates: dict[str, dict[str, Any]], margin: float = AUTO_MARGIN) -> str:
+    """The fastest candidate that passed the gate (``{"passed": True, "texts_per_s": ...}``); exact ``fp32``
+    unless one beats it by ``margin``. Skipped / failed / unmeasured candidates are never picked.
+
+    Example:
+        >>> pick_fastest({"fp32": {"passed": True, "texts_per_s": 100.0},
+        ...               "int8-torch": {"passed": False, "texts_per_s": 300.0}})
+        'fp32'
+    """
+    base = candidates.get("fp32", {}).get("texts_per_s") or 0.0
+    best, speed = "fp32", base * margin
+    for name, c in candidates.items():
+        if name != "fp32" and c.get("passed") and (c.get("texts_per_s") or 0.0) > speed:
+            best, speed = name, c["texts_per_s"]
+    return best
+
+
+def auto_note(verdict: dict[str, Any]) -> str:
+    """One line of what ``auto`` measured: ``fp32 31.2 texts/s; int8-torch 40.1 texts/s, gate passed (mean cosine
+    0.99950, min 0.99800); bf16 skipped (no native bf16 ...)``. Only fp32 and candidates that passed are timed."""
+    parts = []
+    for name, c in sorted(verdict.get("candidates", {}).items(), key=lambda item: item[0] != "fp32"):
+        if "skipped" in c:
+            parts.append(f"{name} skipped ({c['skipped']})")
+            continue
+        part = f"{name} {c['texts_per_s']:.1f} texts/s" if "texts_per_s" in c else f"{name} not timed"
+        if name != "fp32":
+            part += (", gate passed" if c.get("passed") else ", failed the gate") + (
+                f" (mean cosine {c['mean_cosine']:.5f}, min {c['min_cosine']:.5f})" if "mean_cosine" in c else "")
+        parts.append(part)
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -87,6 +149,8 @@ class PrecisionInfo:
             int8 gate record for ``int8``, or ``None`` when nothing was measured.
         cached: the verdict came from the on-disk cache.
         candidate: the precision the gate measured (``bf16`` / ``fp16``), also when it failed and fp32 runs.
+        auto: ``auto``'s measurement on this host (``{"chosen", "candidates": {name: {"texts_per_s", "passed",
+            "mean_cosine", ...} | {"skipped": why}}, "host", ...}``), from the cache when ``cached``.
     """
 
     precision: str
@@ -95,10 +159,13 @@ class PrecisionInfo:
     quality: dict[str, Any] | None = field(default=None)
     cached: bool = False
     candidate: str | None = None
+    auto: dict[str, Any] | None = None
 
     def gate_note(self) -> str:
         """``, quality gate passed: mean cosine 0.99991, min 0.99962 (cached)`` (empty without a gate)."""
         q = self.quality or {}
+        if self.auto is not None:
+            return f", measured on this host{' (cached)' if self.cached else ''}: {auto_note(self.auto)}"
         if self.precision == "int8" and "mean_cosine" in q:
             return (f", the export's int8 gate passed: mean cosine {q['mean_cosine']:.5f}, "
                     f"min {q['min_cosine']:.5f}")
@@ -113,6 +180,14 @@ class PrecisionInfo:
         """E.g. ``"bf16 (auto, gate passed)"``, ``"fp32 (auto, bf16 failed the gate)"``, ``"fp32"``."""
         q = self.quality or {}
         notes = ["auto"] if self.requested == "auto" else []
+        if self.auto is not None:
+            cands = self.auto.get("candidates", {})
+            base, mine = cands.get("fp32", {}).get("texts_per_s"), cands.get(self.precision, {}).get("texts_per_s")
+            notes.append("measured" + (" (cached)" if self.cached else ""))
+            if self.precision != "fp32" and base and mine:
+                notes.append(f"gate passed, {mine / base:.2f}x fp32")
+            notes += [f"{n} failed the gate" for n, c in cands.items() if n != "fp32" and c.get("passed") is False]
+            return f"{self.precision} ({', '.join(notes)})"
         if self.precision == "int8" and q.get("kept"):
             notes.append("export gate passed")
         elif "passed" in q:
@@ -132,11 +207,14 @@ def cache_path() -> Path:
     return Path(base) / "precision-gate.json"
 
 
-def gate_key(model_dir: Path | None, spec: dict[str, Any], precision: str, device: str) -> str | None:
-    """(model, spec, precision, machine) -> a cache key; ``None`` for an in-memory model (never cached)."""
+def gate_key(model_dir: Path | None, spec: dict[str, Any], precision: str, device: str,
+             host: dict[str, Any] | None = None) -> str | None:
+    """(model, spec, precision, machine) -> a cache key; ``None`` for an in-memory model (never cached).
+    ``host`` (:func:`host_id`, for ``auto``'s speed measurement) joins the key when given."""
     if model_dir is None:
         return None
-    machine = {"cpu": platform.processor() or platform.machine(), "flags": sorted(cpu_flags() & {
+    machine = ({"host": host} if host is not None else {}) | {
+        "cpu": platform.processor() or platform.machine(), "flags": sorted(cpu_flags() & {
         "amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "f16c"}), "torch": torch.__version__,
         "device": device}
     payload = json.dumps({"model": model_fingerprint(model_dir), "spec": spec, "precision": precision,
@@ -183,8 +261,8 @@ def judge(reference, candidate, gate: tuple[float, float] = DEFAULT_GATE) -> dic
 GATE_NOTE = "non-fp32 runs a cached quality gate vs fp32"
 
 
-def describe_precision(requested: str | None, device_type: str | None = None, flags: set[str] | None = None
-                       ) -> tuple[str, str, str]:
+def describe_precision(requested: str | None, device_type: str | None = None, flags: set[str] | None = None,
+                       model_dir: Path | None = None, spec: dict[str, Any] | None = None) -> tuple[str, str, str]:
     """The precision ``requested`` would run in on this machine, as a ``(field, value, rule)`` row like those of
     :func:`embedkit.spec.describe` (``embedkit spec`` prints it after the spec's rows).
 
@@ -193,6 +271,8 @@ def describe_precision(requested: str | None, device_type: str | None = None, fl
         device_type: ``"cpu"`` or ``"cuda"``; default: ``"cuda"`` when torch sees a CUDA device, as an
             :class:`~embedkit.Embedder` without ``device=`` would run.
         flags: the CPU flags to decide ``auto`` on (default: this machine's).
+        model_dir / spec: the model folder and its resolved spec (``EmbedderSpec.to_dict()``): ``auto`` on a CPU
+            then shows what it measured on this host for that model (cached), or that it measures on first use.
 
     Example:
         >>> describe_precision("auto", "cpu", {"amx_bf16"})[:2]
@@ -201,4 +281,10 @@ def describe_precision(requested: str | None, device_type: str | None = None, fl
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     choice = select_precision(requested, device_type, flags)
+    if requested == "auto" and device_type == "cpu" and model_dir is not None and spec is not None:
+        verdict = cached_verdict(gate_key(Path(model_dir), spec, "auto", "cpu", host=host_id()))
+        if verdict is not None:
+            return "precision", verdict["chosen"], f"auto: measured on this host (cached): {auto_note(verdict)}"
+        return "precision", "auto", ("auto: measured on first use on this host (fp32 vs int8-torch, the folder's "
+                                     f"ONNX int8, bf16 where native), fastest that passes the gate ({GATE_NOTE})")
     return "precision", choice.precision, f"{choice.reason} ({GATE_NOTE})"

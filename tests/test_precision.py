@@ -122,13 +122,23 @@ def test_describe_precision_is_the_row_spec_shows(requested, device, cpuinfo, va
         "precision", value, f"{reason} (non-fp32 runs a cached quality gate vs fp32)")
 
 
-def test_spec_json_precision_row_comes_from_the_library(capsys):
+def test_spec_json_precision_row_comes_from_the_library(capsys, minilm_dir, tmp_path, monkeypatch):
+    import torch
+
     from embedkit.cli import main
     from embedkit.precision import describe_precision
+    from embedkit.spec import load_spec
 
+    monkeypatch.setenv("EMBEDKIT_CACHE", str(tmp_path))  # nothing measured yet: auto measures on first use
     assert main(["spec", "minilm", "--json", "--precision", "auto"]) == 0
     row = json.loads(capsys.readouterr().out)["precision"]
-    assert ("precision", row["value"], row["rule"]) == describe_precision("auto")
+    expected = describe_precision("auto", model_dir=minilm_dir, spec=load_spec(minilm_dir).to_dict())
+    assert ("precision", row["value"], row["rule"]) == expected
+    if not torch.cuda.is_available():
+        assert row["value"] == "auto" and "measured on first use" in row["rule"]
+    assert main(["spec", "minilm", "--json", "--precision", "bf16"]) == 0
+    row = json.loads(capsys.readouterr().out)["precision"]
+    assert ("precision", row["value"], row["rule"]) == describe_precision("bf16")
     with pytest.raises(SpecError, match="unknown precision"):
         describe_precision("fp8", "cpu", set())
 

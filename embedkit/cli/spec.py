@@ -21,6 +21,7 @@ def spec_command(
 
     Example: embedkit spec minilm --json
     """
+    from ..models import resolve_model_path
     from ..precision import describe_precision
     from ..rerank.spec import describe_reranker, is_reranker_folder, load_reranker_spec
     from ..spec import describe, load_spec
@@ -28,7 +29,10 @@ def spec_command(
     if is_reranker_folder(model):  # a cross-encoder: its reranking recipe (truncation, lengths, activation)
         rows = describe_reranker(load_reranker_spec(model, warn=not as_json)) + [describe_precision(precision)]
     else:
-        rows = describe(load_spec(model, warn=not as_json)) + [describe_precision(precision)]
+        spec = load_spec(model, warn=not as_json)
+        # auto's row: what auto measured on this host for this model (cached), or that it measures on first use
+        rows = describe(spec) + [describe_precision(precision, model_dir=resolve_model_path(model),
+                                                    spec=spec.to_dict())]
     if as_json:
         typer.echo(json.dumps({name: {"value": value, "rule": rule} for name, value, rule in rows},
                               indent=2, ensure_ascii=False))
