@@ -486,3 +486,21 @@ def test_cli_refuses_a_folder_it_cannot_load(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: could not load the model(s)" in err and "nope" in err
     assert main(["serve", str(tmp_path), "--served-model-name", "a", "--served-model-name", "b"]) == 2
+
+
+def test_runner_serves_an_onnx_model_exactly(tiny_prompts, tmp_path):
+    """A pooled (ONNX) backend: the runner takes its graph output as the vector (it once probed an attribute the
+    typed backend protocol no longer has, and would have pooled the ONNX vectors again)."""
+    pytest.importorskip("onnxruntime")
+    from embedkit import Embedder, batching
+    from embedkit.export.onnx import export_onnx
+    from embedkit.serve.runner import Post, Runner
+
+    report = export_onnx(tiny_prompts, tmp_path / "tiny-onnx")
+    onnx = Embedder(report.path, backend="onnx", show_progress=False)
+    assert onnx.backend.output == "pooled"
+    texts = ["a cat", "the quick brown fox jumps"]
+    features = onnx.tokenize(texts, onnx.spec.passage_max_length)
+    (rows, padded), = batching.padded_batches(features, onnx.tokenizer, 8, sort=False)
+    got = Runner(onnx).run(padded, [Post()] * len(texts), rows)
+    np.testing.assert_array_equal(np.stack(got), onnx.encode(texts))

@@ -82,7 +82,7 @@ def dense_post(normalize: bool | None, dimensions: int | None, param: str = "dim
         if dims is not None and dims == engine.backend.hidden_size:
             dims = None
         norm = spec.normalize if normalize is None else normalize
-        if getattr(engine.backend, "pooled", False) and (dims, norm) != (spec.truncate_dim, spec.normalize):
+        if engine.backend.output == "pooled" and (dims, norm) != (spec.truncate_dim, spec.normalize):
             raise Problem(422, "this model runs an ONNX graph with its spec baked in: dimensions and normalize "
                           "cannot change per request", "validation", param=param)
         return Post("dense", norm, dims)

@@ -51,7 +51,7 @@ def _model_info(m: ServedModel) -> dict[str, Any]:
                 "provenance": dict(e.spec.provenance)}
     return {"name": m.name, "kind": m.kind, "path": str(m.path), "dim": e.dim,
             "hidden_size": e.backend.hidden_size, "precision": e.precision_summary,
-            "backend": "onnx" if getattr(e.backend, "pooled", False) else "torch",
+            "backend": "onnx" if e.backend.output == "pooled" else "torch",
             "sparse": m.sparse, "max_input_length": e.spec.passage_max_length,
             "spec": e.spec.to_dict(), "provenance": dict(e.spec.provenance),
             "prompts": {"query": e.spec.query_instruction, "document": e.spec.passage_instruction,

@@ -33,7 +33,7 @@ class Runner:
     def __init__(self, embedder: Any) -> None:
         self.embedder = embedder
         self.spec = embedder.spec
-        self.pooled = bool(getattr(embedder.backend, "pooled", False))
+        self.pooled = embedder.backend.output == "pooled"
         self.sparse = hasattr(embedder, "heads") and getattr(embedder.heads, "sparse_linear", None) is not None
 
     def run(self, padded: dict[str, np.ndarray], posts: Sequence[Post], rows: np.ndarray) -> list[Any]:
