@@ -25,14 +25,50 @@ from ..folder.onnx_files import (
 PRECISIONS = ("fp32", "int8")
 
 
+def _int8_missing_reason(info: dict[str, Any]) -> str:
+    """Why an export has no int8 graph: not requested, or the best candidate and the gate it failed."""
+    int8 = info.get("int8")
+    if not int8:
+        return " (int8 was not requested at export)"
+    tried = int8.get("tried") or []
+    if tried and "max_abs_diff" in tried[0]:  # a reranker's gate: score agreement
+        best = min(tried, key=lambda t: t["max_abs_diff"])
+        return (f" (it failed the quality gate: best max |sigmoid diff| {best['max_abs_diff']:.4f}, Spearman "
+                f"{best['spearman']:.4f})")
+    if tried and "mean_cosine" in tried[0]:
+        return (f" (it failed the quality gate: best mean cosine {max(t['mean_cosine'] for t in tried):.4f} < "
+                f"{int8.get('min_cosine_gate')})")
+    return " (it failed the quality gate)"
+
+
+def open_session(folder: Path, info: dict[str, Any], rel: str, threads: int | None) -> Any:
+    """An onnxruntime CPU session of ``folder/rel``, after checking the graph file against its export record and
+    the folder's weights against the ones it was exported from (a clear error for either mismatch)."""
+    ort = require("onnxruntime", "backend='onnx'")
+    path = folder / rel
+    recorded = info.get("files", {}).get(rel)
+    if recorded and sha256_file(path) != recorded:
+        raise CheckpointError(f"{path} does not match its export record (changed or damaged since export)",
+                              hint=f"re-export: `embedkit export onnx {info.get('source', 'MODEL')} OUT`")
+    current = weights_fingerprint(folder)
+    source = info.get("source_weights", {})
+    if current and source and current != source:
+        raise CheckpointError(f"the ONNX export in {folder} was made from other weights than the folder holds now",
+                              hint="re-export the current model: `embedkit export onnx MODEL OUT`")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxBackend:
     """Runs an embedkit ONNX export; refuses an export that does not match the folder's weights or spec."""
 
     output: Literal["pooled"] = "pooled"
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
-        ort = require("onnxruntime", "backend='onnx'")
-
+        require("onnxruntime", "backend='onnx'")
         if precision not in PRECISIONS:
             raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")
         folder = Path(model_dir)
@@ -40,29 +76,10 @@ class OnnxBackend:
         rel = EMBEDDER_INT8_FILE if precision == "int8" else EMBEDDER_FILE
         path = folder / rel
         if not path.is_file():
-            why = ""
-            if precision == "int8":
-                int8 = self.info.get("int8")
-                why = (" (int8 was not requested at export)" if not int8 else
-                       f" (it failed the quality gate: best mean cosine "
-                       f"{max(t['mean_cosine'] for t in int8['tried']):.4f} < {int8['min_cosine_gate']})")
+            why = _int8_missing_reason(self.info) if precision == "int8" else ""
             raise CheckpointError(f"{folder} has no {rel}{why}",
                                   hint="use precision='fp32', or re-export with `embedkit export onnx --quantize int8`")
-        recorded = self.info.get("files", {}).get(rel)
-        if recorded and sha256_file(path) != recorded:
-            raise CheckpointError(f"{path} does not match its export record (changed or damaged since export)",
-                                  hint=f"re-export: `embedkit export onnx {self.info.get('source', 'MODEL')} OUT`")
-        current = weights_fingerprint(folder)
-        source = self.info.get("source_weights", {})
-        if current and source and current != source:
-            raise CheckpointError(
-                f"the ONNX export in {folder} was made from other weights than the ones in the folder now",
-                hint="re-export the current model: `embedkit export onnx MODEL OUT`")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = open_session(folder, self.info, rel, threads)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.hidden_size = int(self.info["dim"])
         self.precision = precision
@@ -85,18 +102,6 @@ class OnnxBackend:
         return self.session.run(None, feed)[0]
 
 
-def _int8_missing_reason(info: dict[str, Any]) -> str:
-    int8 = info.get("int8")
-    if not int8:
-        return " (int8 was not requested at export)"
-    tried = int8.get("tried") or []
-    if tried and "max_abs_diff" in tried[0]:
-        best = min(tried, key=lambda t: t["max_abs_diff"])
-        return (f" (it failed the quality gate: best max |sigmoid diff| {best['max_abs_diff']:.4f}, Spearman "
-                f"{best['spearman']:.4f})")
-    return " (it failed the quality gate)"
-
-
 class OnnxScoreBackend:
     """Runs a cross-encoder's embedkit ONNX export (``onnx/reranker.onnx`` or ``reranker_int8.onnx``): padded pair
     features -> one float32 score per pair (``output = "scores"``). Refuses an export made from other weights, or a
@@ -108,8 +113,7 @@ class OnnxScoreBackend:
     output: Literal["scores"] = "scores"
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
-        ort = require("onnxruntime", "backend='onnx'")
-
+        require("onnxruntime", "backend='onnx'")
         if precision not in PRECISIONS:
             raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")
         folder = Path(model_dir)
@@ -123,21 +127,7 @@ class OnnxScoreBackend:
             why = _int8_missing_reason(self.info) if precision == "int8" else ""
             raise CheckpointError(f"{folder} has no {rel}{why}",
                                   hint="use precision='fp32', or re-export with `embedkit export onnx --quantize int8`")
-        recorded = self.info.get("files", {}).get(rel)
-        if recorded and sha256_file(path) != recorded:
-            raise CheckpointError(f"{path} does not match its export record (changed or damaged since export)",
-                                  hint=f"re-export: `embedkit export onnx {self.info.get('source', 'MODEL')} OUT`")
-        current = weights_fingerprint(folder)
-        source = self.info.get("source_weights", {})
-        if current and source and current != source:
-            raise CheckpointError(
-                f"the ONNX export in {folder} was made from other weights than the ones in the folder now",
-                hint="re-export the current model: `embedkit export onnx MODEL OUT`")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.session = open_session(folder, self.info, rel, threads)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.hidden_size = 1
         self.activation = "sigmoid" if self.info.get("sigmoid") else "identity"
