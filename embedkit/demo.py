@@ -7,9 +7,17 @@
 4. evaluates again and prints the before/after table;
 5. saves the model (HF + sentence-transformers layout + model card + manifest), verifies the manifest, and reloads it
    with sentence-transformers to show identical vectors;
-6. leaves everything (data, model, metrics, plots) in ``demo-output/``.
+6. fine-tunes a cross-encoder reranker from MiniLM on the same mined training data (``finetune --reranker``) and
+   prints the two-stage table on the test split: retrieval only (the fine-tuned embedder) vs + base reranker (MiniLM
+   with its new, untrained one-label head: no pretrained cross-encoder is available offline) vs + fine-tuned
+   reranker, each query's top :data:`RERANK_TOP_K` reranked;
+7. leaves everything (data, models, metrics, plots) in ``demo-output/``.
 
-Run: ``python -m embedkit.demo [--output demo-output] [--small]`` (``EMBEDKIT_DEMO_SMALL=1`` = ``--small``).
+Step 6 is separate (it takes longer than the rest: a cross-encoder reads every pair): ``python -m embedkit.demo
+--rerank`` runs it on the finished demo in ``--output`` (or runs the whole demo first).
+
+Run: ``python -m embedkit.demo [--output demo-output] [--small] [--rerank]`` (``EMBEDKIT_DEMO_SMALL=1`` =
+``--small``).
 """
 
 from __future__ import annotations
@@ -42,6 +50,16 @@ MINE_RANGE = ((2, 60), (1, 30))
 # stock 256 tokens evaluated "before" against 64/128 "after" would credit part of the truncation gain to training.
 QUERY_MAX_LENGTH = 64
 PASSAGE_MAX_LENGTH = 128
+# step 6, the reranker: (full, small) settings. A cross-encoder reads every (query, document) pair, so its cost is
+# pairs x tokens, on 2 CPU cores far more than the embedder's: pairs are cut to 96 tokens (the query to 32: the
+# descriptions are one sentence), training is a fixed number of steps (24 x 8 queries x 4 passages: a third of an
+# epoch), and each query's top 10 retrieved documents are reranked (retrieval's recall@10 is the ceiling at 10)
+RERANK_STEPS = (24, 4)
+RERANK_BATCH = (8, 4)
+RERANK_GROUP = (4, 3)
+RERANK_TOP_K = 10
+RERANK_MAX_LENGTH = 96
+RERANK_QUERY_MAX_LENGTH = 32
 
 
 def _quiet() -> None:
@@ -52,8 +70,11 @@ def _quiet() -> None:
     logging.getLogger("embedkit").setLevel(logging.WARNING)
 
 
-def run_demo(output: str | Path = "demo-output", *, small: bool = False, console: Any = None) -> dict[str, Any]:
-    """Run the whole demo into ``output`` (replaced if it exists); return a summary dict (also ``summary.json``)."""
+def run_demo(output: str | Path = "demo-output", *, small: bool = False, rerank: bool = False,
+             console: Any = None) -> dict[str, Any]:
+    """Run the whole demo into ``output`` (replaced if it exists); return a summary dict (also ``summary.json``).
+
+    ``rerank=True`` adds step 6 (the reranker; :func:`run_rerank_demo` runs it on a finished demo folder)."""
     _quiet()
     from rich.console import Console
 
@@ -90,19 +111,28 @@ def run_demo(output: str | Path = "demo-output", *, small: bool = False, console
     manifest, diff = _verify(final, bench, tuned, console)
     timings["verify"] = time.perf_counter() - t
 
+    two_stage = None
+    if rerank:
+        t = step(6, f"Fine-tune a reranker from MiniLM on the mined training data; rerank the top {RERANK_TOP_K}")
+        two_stage = rerank_step(out, info.test_dir, out / "data" / "train.mined.jsonl", final, 1 if small else 0,
+                                console)
+        timings["rerank"] = time.perf_counter() - t
+
     summary = {
         "output": str(out.resolve()), "small": small, "dataset": info.to_dict(),
         "before": before.metrics, "after": after.metrics, "spec_before": base.spec.to_dict(),
         "spec_after": tuned.spec.to_dict(),
         "delta": {k: round(after.metrics[k] - before.metrics[k], 6) for k in before.metrics},
-        "model": str(final), "manifest_ok": manifest.ok, "st_max_abs_diff": diff,
+        "model": str(final), "manifest_ok": manifest.ok, "st_max_abs_diff": diff, "two_stage": two_stage,
         "seconds": {k: round(v, 1) for k, v in timings.items()} | {"total": round(time.perf_counter() - t_start, 1)},
     }
     with atomic_write(out / "summary.json", "w") as fh:
         fh.write(json.dumps(summary, indent=2, default=str))
     console.rule("[bold]Done")
     console.print(f"everything is in {out.resolve()}: data/, train/ (model/, metrics.jsonl, loss_curve.png, "
-                  f"eval_before_after.png), eval_report.md, eval_before_after.png, summary.json "
+                  f"eval_before_after.png), eval_report.md, eval_before_after.png, "
+                  f"{'rerank/ (model/, metrics.jsonl), rerank_report.md, rerank_two_stage.png, ' if rerank else ''}"
+                  f"summary.json "
                   f"({summary['seconds']['total']:.0f} s)")
     return summary
 
@@ -193,14 +223,104 @@ def _verify(final: Path, bench: Any, tuned: Any, console: Any) -> tuple[Any, flo
     return manifest, diff
 
 
+def run_rerank_demo(output: str | Path = "demo-output", *, small: bool = False, console: Any = None
+                    ) -> dict[str, Any]:
+    """``python -m embedkit.demo --rerank``: step 6 on the demo folder ``output`` when it holds a finished demo of
+    the same size (its data, mined negatives and fine-tuned embedder are reused; ``summary.json`` gains
+    ``two_stage``), else the whole demo with step 6. Returns the summary."""
+    _quiet()
+    from rich.console import Console
+
+    console = console or Console()
+    out = Path(output)
+    previous = out / "summary.json"
+    summary = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else None
+    if (summary is None or summary.get("small") != small or not Path(summary["model"]).is_dir()
+            or not (out / "data" / "train.mined.jsonl").is_file()):
+        return run_demo(out, small=small, rerank=True, console=console)
+    console.print(f"reusing the demo in {out.resolve()} (data, mined negatives, fine-tuned embedder)")
+    console.rule(f"[bold]6. Fine-tune a reranker from MiniLM on the mined training data; rerank the top "
+                 f"{RERANK_TOP_K}")
+    t = time.perf_counter()
+    shutil.rmtree(out / "rerank", ignore_errors=True)
+    summary["two_stage"] = rerank_step(out, Path(summary["dataset"]["test_dir"]), out / "data" / "train.mined.jsonl",
+                                       Path(summary["model"]), 1 if small else 0, console)
+    summary["seconds"]["rerank"] = round(time.perf_counter() - t, 1)
+    with atomic_write(previous, "w") as fh:
+        fh.write(json.dumps(summary, indent=2, default=str))
+    console.print(f"step 6 took {summary['seconds']['rerank']:.0f} s: rerank/ (model/, metrics.jsonl, "
+                  f"eval_before_after.png), rerank_report.md, rerank_two_stage.png, summary.json (two_stage)")
+    return summary
+
+
+def rerank_step(out: Path, test_dir: Path, mined: Path, retriever: Path, i: int, console: Any) -> dict[str, Any]:
+    """Step 6: ``finetune --reranker`` from MiniLM on ``mined`` (settings ``i``: 0 full, 1 small) with two-stage
+    evaluation on ``test_dir`` (``retriever`` retrieves, the reranker reranks each query's top :data:`RERANK_TOP_K`);
+    the table, ``rerank_report.md`` and ``rerank_two_stage.png``. Returns ``{"retrieval", "base", "fine_tuned"}``
+    metrics and the settings.
+
+    The "base reranker" is the trainer's "before": MiniLM with the fresh one-label head the trainer adds (seeded),
+    i.e. what the fine-tuning starts from; no pretrained cross-encoder ships offline.
+    """
+    from rich.table import Table
+
+    from .eval.retrieval import EvalResult
+    from .train.arguments import parse_args
+    from .train.rerank_trainer import run_reranker
+
+    train_dir = out / "rerank"
+    argv = ["--model_name_or_path", str(minilm_path()), "--reranker", "--train_data", str(mined),
+            "--output_dir", str(train_dir), "--train_group_size", str(RERANK_GROUP[i]),
+            "--per_device_train_batch_size", str(RERANK_BATCH[i]), "--max_steps", str(RERANK_STEPS[i]),
+            "--learning_rate", "3e-4", "--warmup_steps", "3", "--max_length", str(RERANK_MAX_LENGTH),
+            "--query_max_length", str(RERANK_QUERY_MAX_LENGTH), "--logging_steps", "5", "--save_strategy", "no",
+            "--eval_data", str(test_dir), "--eval_retriever", str(retriever),
+            "--eval_rerank_top_k", str(RERANK_TOP_K), "--seed", "0",
+            "--disable_tqdm", "false" if sys.stderr.isatty() else "true"]
+    final = run_reranker(*parse_args(argv))
+    phases = {r["phase"]: r for r in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines())
+              if "phase" in r}
+    data = load_eval_data(test_dir).summary()
+    columns = {"retrieval": ("retrieval only (fine-tuned MiniLM)", phases["after"]["retrieval"]),
+               "base": ("+ base reranker (MiniLM, untrained head)", phases["before"]["eval"]),
+               "fine_tuned": ("+ fine-tuned reranker", phases["after"]["eval"])}
+    table = Table(title=f"numpy docs two-stage retrieval, test split ({data['queries']} queries, "
+                        f"{data['corpus']} docs), top {RERANK_TOP_K} reranked")
+    table.add_column("metric")
+    for name, _ in columns.values():
+        table.add_column(name, justify="right")
+    table.add_column("delta (fine-tuned reranker vs retrieval)", justify="right")
+    first = columns["retrieval"][1]
+    for k in first:
+        if k.split("@")[1] in ("1", "3", "10") and not k.startswith("precision"):
+            d = columns["fine_tuned"][1][k] - first[k]
+            table.add_row(k, *(f"{m[k]:.4f}" for _, m in columns.values()),
+                          f"[{'green' if d > 0 else 'red'}]{d:+.4f}[/]")
+    console.print(table)
+    results = [EvalResult(model=name, data=data, metrics=m, ks=tuple(sorted({int(k.split("@")[1]) for k in m})))
+               for name, m in columns.values()]
+    with atomic_write(out / "rerank_report.md", "w") as fh:
+        fh.write(markdown_report(results, f"numpy docs two-stage retrieval: top {RERANK_TOP_K} reranked"))
+    plot_comparison(results, out / "rerank_two_stage.png", labels=[name for name, _ in columns.values()],
+                    title=f"numpy docs two-stage (test split, top {RERANK_TOP_K} reranked)")
+    return {key: m for key, (_, m) in columns.items()} | {
+        "top_k": RERANK_TOP_K, "model": str(final), "base_reranker": "MiniLM + untrained one-label head (seed 0)"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m embedkit.demo``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--output", default="demo-output", help="where everything is written (replaced)")
     ap.add_argument("--small", action="store_true", default=bool(os.environ.get("EMBEDKIT_DEMO_SMALL")),
                     help="a reduced run (about a minute), as the test suite does")
+    ap.add_argument("--rerank", action="store_true",
+                    help="step 6: fine-tune a reranker and print the two-stage table (on the finished demo in "
+                         "--output when there is one, else after the whole demo)")
     args = ap.parse_args(argv)
-    summary = run_demo(args.output, small=args.small)
+    if args.rerank:
+        summary = run_rerank_demo(args.output, small=args.small)
+    else:
+        summary = run_demo(args.output, small=args.small)
     return 0 if summary["manifest_ok"] else 1
 
 

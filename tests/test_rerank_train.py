@@ -195,3 +195,60 @@ def test_resume_from_a_reranker_checkpoint(trained, cross_encoder, data, tmp_pat
              if "loss" in json.loads(line)]
     assert steps == list(range(11, 21))  # continued from step 10, with the checkpoint's weights
     assert load_file(final / "model.safetensors").keys() == load_file(out / "model" / "model.safetensors").keys()
+
+
+def test_two_stage_eval_before_during_after_equals_evaluate_two_stage(cross_encoder, data, tiny_bert, tmp_path):
+    """--eval_data with --eval_retriever: the embedder retrieves, the reranker being trained reranks its top k; the
+    "before" / "after" metrics are evaluate_two_stage's on the starting folder / the saved model."""
+    import shutil
+
+    from embedkit.eval import evaluate_two_stage
+    from embedkit.spec import EmbedderSpec, write_sentence_transformers_files
+
+    from .test_eval_rerank import _bench
+
+    retriever = tmp_path / "tiny-mean"  # mean pooling: the tiny BERT's CLS vectors are nearly all equal
+    shutil.copytree(tiny_bert, retriever)
+    write_sentence_transformers_files(retriever, EmbedderSpec(pooling="mean", normalize=True, query_max_length=128,
+                                                              passage_max_length=128), hidden_size=32)
+    bench = _bench(tmp_path / "bench")
+    out = tmp_path / "ev"
+    final = run_reranker(*parse_args(_args(cross_encoder, data, out, "--save_strategy", "no", "--max_steps", "10",
+                                           "--eval_data", str(bench), "--eval_retriever", str(retriever),
+                                           "--eval_rerank_top_k", "5", "--eval_steps", "5")))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    phases = {r["phase"]: r for r in rows if "phase" in r}
+    assert list(phases) == ["before", "step-5", "after"]
+    assert all(r["rerank_top_k"] == 5 for r in phases.values())
+    after = evaluate_two_stage(retriever, Reranker(final, device="cpu", show_progress=False), bench, top_k=5,
+                               cache_dir=None, show_progress=False)
+    base = Reranker(cross_encoder, device="cpu", show_progress=False, max_length=32, query_max_length=12)
+    before = evaluate_two_stage(retriever, base, bench, top_k=5, cache_dir=None, show_progress=False)
+    for row, direct in ((phases["after"], after), (phases["before"], before)):
+        assert row["retrieval"] == pytest.approx(direct.retrieval.metrics, abs=1e-9)
+        assert row["eval"] == pytest.approx(direct.reranked.metrics, abs=1e-9)
+    assert phases["before"]["eval"] != phases["after"]["eval"]  # training moved the reranked ranking
+    assert (out / "eval_before_after.png").stat().st_size > 1000
+    card = (final / "README.md").read_text()
+    assert "## Metrics" in card and "→" in card and "retrieval only" in card
+
+
+def test_two_stage_eval_flags_are_checked(cross_encoder, data, tmp_path):
+    from embedkit.errors import ArgumentError
+
+    from .test_eval_rerank import _bench
+
+    bench = _bench(tmp_path / "bench")
+    with pytest.raises(DataError, match="needs --eval_retriever"):
+        run_reranker(*parse_args(_args(cross_encoder, data, tmp_path / "o1", "--eval_data", str(bench))))
+    with pytest.raises(DataError, match="--eval_data, which is not given"):
+        run_reranker(*parse_args(_args(cross_encoder, data, tmp_path / "o2", "--eval_retriever", "minilm")))
+    with pytest.raises(DataError, match="--eval_rerank_top_k must be at least 1"):
+        run_reranker(*parse_args(_args(cross_encoder, data, tmp_path / "o3", "--eval_data", str(bench),
+                                       "--eval_retriever", "minilm", "--eval_rerank_top_k", "0")))
+    argv = _args(cross_encoder, data, tmp_path / "o4", "--eval_retriever", "minilm")
+    argv.remove("--reranker")
+    for flag in ("--max_len", "32"):
+        argv.remove(flag)
+    with pytest.raises(ArgumentError, match="--eval_retriever is the retrieving embedder"):
+        parse_args(argv)

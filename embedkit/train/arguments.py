@@ -66,6 +66,11 @@ class DataArguments:
         default=None, metadata={"help": "BEIR-layout folder: retrieval metrics before and after training "
                                 "(and every --eval_steps steps)."})
     eval_split: str = field(default="test", metadata={"help": "Split of --eval_data to use."})
+    eval_retriever: str | None = field(
+        default=None, metadata={"help": "--reranker with --eval_data: the embedding model that retrieves; the "
+                                "reranker being trained reranks its top --eval_rerank_top_k (two-stage evaluation)."})
+    eval_rerank_top_k: int = field(default=100, metadata={"help": "--reranker: documents per query reranked in the "
+                                                          "two-stage evaluation."})
 
 
 @dataclass
@@ -167,7 +172,7 @@ HELP_GROUPS: dict[str, list[str]] = {
     "GradCache": ["grad_cache_chunk"],
     "bge-m3": ["unified", "self_distill", "self_distill_start_step"],
     "reranker": ["reranker", "max_length"],
-    "eval": ["eval_data", "eval_split"],
+    "eval": ["eval_data", "eval_split", "eval_retriever", "eval_rerank_top_k"],
     "output": ["plot_loss", "overwrite_output_dir"],
 }
 # the transformers.TrainingArguments people set most (embedkit's defaults shown where it changes them)
@@ -208,7 +213,7 @@ def _describe(f: Any, help_text: str | None = None) -> tuple[str, str]:
     from dataclasses import MISSING
 
     kind = str(f.type)
-    if f.name in ("model_name_or_path", "output_dir", "eval_data", "resume_from_checkpoint"):
+    if f.name in ("model_name_or_path", "output_dir", "eval_data", "eval_retriever", "resume_from_checkpoint"):
         value = "PATH"
     elif "bool" in kind:
         value = "true|false"
@@ -346,6 +351,10 @@ def parse_args(argv: list[str], prog: str = PROG) -> tuple[ModelArguments, DataA
         raise ArgumentError("--max_length (FlagEmbedding: --max_len) is the joined pair's token limit of "
                             "--reranker training; an embedder has --query_max_length / --passage_max_length",
                             hint="add --reranker to train a cross-encoder, or drop --max_length")
+    if data_args.eval_retriever is not None and not model_args.reranker:
+        raise ArgumentError("--eval_retriever is the retrieving embedder of --reranker training's two-stage "
+                            "evaluation; an embedder's --eval_data evaluates the embedder itself",
+                            hint="add --reranker to train a cross-encoder, or drop --eval_retriever")
     check_output_dir(train_args, given="--output_dir" in argv or any(a.startswith("--output_dir=") for a in argv))
     return model_args, data_args, train_args
 
