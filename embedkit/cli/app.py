@@ -61,8 +61,8 @@ THIRD_PARTY_LOGGERS = ("faiss", "transformers", "huggingface_hub", "onnxruntime"
 
 app = typer.Typer(
     name="embedkit",
-    help="Encode, fine-tune, evaluate, convert and verify BGE-style text-embedding models. Offline: local folders "
-    "only.",
+    help="Encode, rerank, fine-tune, evaluate, convert, verify, release and serve BGE-style text-embedding models. "
+    "Offline: local folders only.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
