@@ -93,7 +93,7 @@ def test_kill_convert_in_place(tiny_bert, tmp_path):
 
 
 def test_kill_slim(tiny_bert, tmp_path):
-    from tests.test_convert_slim import make_training_checkpoint
+    from tests.checkpoint.test_convert_slim import make_training_checkpoint
 
     ckpt = make_training_checkpoint(tiny_bert, tmp_path / "checkpoint-3")
     states = []

@@ -223,7 +223,7 @@ def test_cli_encode_writes_nothing_for_a_non_finite_vector(tiny_bert, tmp_path, 
 def test_m3_non_finite_output_raises_naming_the_input_row(tmp_path):
     from embedkit.embedder import NonFiniteOutputError
     from embedkit.m3 import M3Embedder
-    from tests.test_m3 import build_tiny_m3
+    from tests.m3.test_m3 import build_tiny_m3
 
     folder = _poisoned_copy(build_tiny_m3(tmp_path / "m3"), tmp_path / "nan-m3", "▁cat")
     model = M3Embedder(folder, return_sparse=True, return_colbert=True, show_progress=False)
@@ -252,7 +252,7 @@ def _budget_texts(model: Embedder, max_length: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_m3_folder(tmp_path_factory):
-    from tests.test_m3 import build_tiny_m3
+    from tests.m3.test_m3 import build_tiny_m3
 
     return build_tiny_m3(tmp_path_factory.mktemp("m3") / "tiny-bge-m3")
 

@@ -129,7 +129,7 @@ def test_inspect_next_steps_without_tokenizer_succeed_in_order(tiny_bert, tmp_pa
 
 # ---------------------------------------------------------------------- fresh training checkpoints verify
 def test_fresh_training_checkpoint_verifies(tiny_bert, tmp_path, capsys):
-    from tests.test_finetune import _args, make_data
+    from tests.train.test_finetune import _args, make_data
 
     data = make_data(tmp_path / "train.jsonl", n=32)
     out = tmp_path / "out"
@@ -150,7 +150,7 @@ def test_fresh_training_checkpoint_verifies(tiny_bert, tmp_path, capsys):
 def test_eval_unknown_split_is_an_error_listing_the_splits(tiny_bert, tmp_path, capsys):
     from embedkit.errors import DataError
     from embedkit.eval.data import available_splits, load_eval_data
-    from tests.test_eval import _bench
+    from tests.eval.test_eval import _bench
 
     custom = _bench(tmp_path / "custom")  # split-less queries.jsonl + qrels.jsonl: the default split "test"
     assert available_splits(custom) == ["test"]

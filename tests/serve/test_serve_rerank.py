@@ -19,9 +19,8 @@ pytest.importorskip("uvicorn")
 from embedkit import Reranker  # noqa: E402
 from embedkit.serve.app import create_app  # noqa: E402
 from embedkit.serve.registry import ServeConfig, folder_kind  # noqa: E402
-
-from .test_rerank import _build_bert  # noqa: E402
-from .test_serve import metric, post, running, wait_healthy  # noqa: E402
+from tests.rerank.test_rerank import _build_bert  # noqa: E402
+from tests.serve.test_serve import metric, post, running, wait_healthy  # noqa: E402
 
 LONG = " ".join(["a long text that goes past the max length"] * 40)
 QUERY = "what is the quick brown fox"

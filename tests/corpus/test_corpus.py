@@ -180,7 +180,7 @@ def test_sigkill_mid_run_then_resume_equals_a_straight_run(tiny_bert, tmp_path):
     args = ["encode", str(tiny_bert), "-i", str(src), "--format", "parquet", "--shard-size", "50",
             "--batch-size", "4", "--passages"]
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, *args, "-o", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest_file = out / "_embedkit.json"
@@ -302,7 +302,7 @@ def test_cli_parquet_options_and_format_choice(tiny_bert, tmp_path, capsys):
 
 def test_m3_sparse_column_equals_lexical_weights(tmp_path_factory, tmp_path):
     from embedkit.m3 import M3Embedder
-    from tests.test_m3 import build_tiny_m3
+    from tests.m3.test_m3 import build_tiny_m3
 
     folder = build_tiny_m3(tmp_path_factory.mktemp("m3") / "tiny-bge-m3")
     texts = ["the cat sat", "a dog", "", "hello world, what is this?"] * 5

@@ -11,7 +11,7 @@ import pytest
 
 from embedkit.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _embedkit(*args, env=None, check_rc=None, cwd=None):
@@ -148,7 +148,7 @@ def test_spec_and_encode_share_the_fp32_default(capsys, minilm):
 
 # ---------------------------------------------------------------------- noise
 def test_third_party_logs_quiet_unless_verbose(tmp_path):
-    from tests.test_eval import _bench
+    from tests.eval.test_eval import _bench
 
     bench = _bench(tmp_path / "bench")
     quiet = _embedkit("eval", "minilm", "--data", bench, check_rc=0)

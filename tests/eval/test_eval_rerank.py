@@ -20,8 +20,7 @@ from embedkit import Embedder, Reranker, SpecError
 from embedkit.cli import main
 from embedkit.eval import evaluate, evaluate_two_stage, load_eval_data
 from embedkit.eval.rerank import rerank_run
-
-from .conftest import _TINY_WORDS, _write_tiny_tokenizer
+from tests.conftest import _TINY_WORDS, _write_tiny_tokenizer
 
 KS = (1, 3, 5, 10)
 

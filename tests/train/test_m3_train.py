@@ -10,8 +10,8 @@ from embedkit.m3 import M3Embedder
 from embedkit.train.arguments import parse_args
 from embedkit.train.loss import kd_loss
 from embedkit.train.trainer import run
-from tests.test_finetune import _losses
-from tests.test_m3 import build_tiny_m3
+from tests.m3.test_m3 import build_tiny_m3
+from tests.train.test_finetune import _losses
 
 WORDS = "the quick brown fox jumps over lazy dog hello world cat what is bge".split()
 

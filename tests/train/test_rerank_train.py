@@ -20,9 +20,8 @@ from embedkit.train.arguments import parse_args
 from embedkit.train.rerank_data import PairCollator
 from embedkit.train.rerank_model import RerankerTrainingModel, distill_loss, group_loss
 from embedkit.train.rerank_trainer import run_reranker
-
-from .test_finetune import make_data
-from .test_rerank import _build_bert
+from tests.rerank.test_rerank import _build_bert
+from tests.train.test_finetune import make_data
 
 PAIRS = [("the cat", "the cat hello"), ("what is bge", "what is bge short"), ("fox", ""), ("", "a dog"),
          ("quick brown fox", "the lazy dog jumps over a long text")]
@@ -89,7 +88,7 @@ def test_trained_folder_scores_equal_in_reranker_flagreranker_and_crossencoder(t
     assert np.abs(ours - flag).max() <= 1e-5
     # CrossEncoder: the same scores on pairs that both peers tokenize alike (on transformers 5 FlagReranker turns an
     # empty passage into a single sequence, see docs/rerank.md; embedkit's truncation="longest_first" matches
-    # CrossEncoder there, as tests/test_rerank.py proves)
+    # CrossEncoder there, as tests/rerank/test_rerank.py proves)
     same = [i for i, (_, p) in enumerate(PAIRS) if p]
     ce = CrossEncoder(str(final), device="cpu", max_length=32)
     ce_logits = ce.predict([PAIRS[i] for i in same], activation_fn=torch.nn.Identity())
@@ -204,8 +203,7 @@ def test_two_stage_eval_before_during_after_equals_evaluate_two_stage(cross_enco
 
     from embedkit.eval import evaluate_two_stage
     from embedkit.spec import EmbedderSpec, write_sentence_transformers_files
-
-    from .test_eval_rerank import _bench
+    from tests.eval.test_eval_rerank import _bench
 
     retriever = tmp_path / "tiny-mean"  # mean pooling: the tiny BERT's CLS vectors are nearly all equal
     shutil.copytree(tiny_bert, retriever)
@@ -235,8 +233,7 @@ def test_two_stage_eval_before_during_after_equals_evaluate_two_stage(cross_enco
 
 def test_two_stage_eval_flags_are_checked(cross_encoder, data, tmp_path):
     from embedkit.errors import ArgumentError
-
-    from .test_eval_rerank import _bench
+    from tests.eval.test_eval_rerank import _bench
 
     bench = _bench(tmp_path / "bench")
     with pytest.raises(DataError, match="needs --eval_retriever"):

@@ -29,10 +29,9 @@ uvicorn = pytest.importorskip("uvicorn")
 from embedkit import Embedder, M3Embedder  # noqa: E402
 from embedkit.serve.app import create_app  # noqa: E402
 from embedkit.serve.registry import ServeConfig, load_embedder  # noqa: E402
+from tests.m3.test_m3 import build_tiny_m3  # noqa: E402
 
-from .test_m3 import build_tiny_m3  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LONG = " ".join(["the quick brown fox jumps over the lazy dog"] * 40)
 TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog.", "a cat", "中文 测试 文本", LONG]
 

@@ -20,8 +20,7 @@ from embedkit.cli import main
 from embedkit.rerank import RerankerSpec, load_reranker_spec
 from embedkit.rerank.features import pair_features
 from embedkit.rerank.reranker import PairError, judge_scores
-
-from .conftest import _write_tiny_tokenizer
+from tests.conftest import _write_tiny_tokenizer
 
 TOL = 1e-5
 ML = 32  # every peer runs with this max_length: the long texts below pass it on either side of a pair
@@ -256,7 +255,7 @@ def test_spec_arguments_are_checked(models):
         Reranker(models["xlmr"], device="cpu", max_length=512, truncation="flagembedding")
     with pytest.raises(SpecError, match="exactly two"):
         Reranker(models["bert"], device="cpu", query_instruction="q: ", query_instruction_format="{}")
-    # int8 is the ONNX export's graph (tests/test_rerank_io.py); without an export: fp32 with a warning, as Embedder
+    # int8 is the ONNX export's graph (tests/rerank/test_rerank_io.py); without one: fp32 with a warning
     assert Reranker(models["bert"], device="cpu", precision="int8").precision == "fp32"
     with pytest.raises(CheckpointError, match="no ONNX export"):
         Reranker(models["bert"], backend="onnx")

@@ -13,7 +13,7 @@ from embedkit.cli import main
 from embedkit.train.arguments import parse_args
 from embedkit.train.trainer import run
 from embedkit.verify import SAMPLE_TEXTS
-from tests.test_finetune import _args, make_data
+from tests.train.test_finetune import _args, make_data
 
 TEXTS = ["the quick brown fox", "hello world cat", "", "  ", "中文 测试", "what is bge " * 30]
 TOL = 1e-4

@@ -27,8 +27,7 @@ from embedkit.m3 import (
     paired_colbert_scores,
     process_token_weights,
 )
-
-from .conftest import HOSTILE_TEXTS
+from tests.conftest import HOSTILE_TEXTS
 
 TOL = 1e-5
 Q_LEN, P_LEN = 16, 32

@@ -19,7 +19,7 @@ from embedkit.cli import main
 from embedkit.errors import ArgumentError
 from embedkit.train.arguments import format_full_help, format_help, parse_args
 from embedkit.train.flag_compat import FLAGS
-from tests.test_m3 import build_tiny_m3
+from tests.m3.test_m3 import build_tiny_m3
 
 # FlagEmbedding 1.4's argument dataclasses: the embedder (encoder-only base uses these), bge-m3, decoder-only, ICL
 # and reranker variants
@@ -274,7 +274,7 @@ RERANKER_EXAMPLE = """torchrun --nproc_per_node 2 -m FlagEmbedding.finetune.rera
 
 def test_reranker_example_runs_with_python_m_embedkit_train_reranker(tmp_path, monkeypatch, caplog):
     from embedkit import Reranker
-    from tests.test_rerank import _build_bert
+    from tests.rerank.test_rerank import _build_bert
 
     model = _build_bert(tmp_path / "tiny-reranker")
     data, out = tmp_path / "example_data", tmp_path / "run"

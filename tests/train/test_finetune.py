@@ -191,7 +191,7 @@ def test_torchrun_on_cpu_as_the_readme_says(tiny_bert, tmp_path):
     readme = "torchrun --nproc_per_node 2 -m embedkit.train --config train.yaml --negatives_cross_device"
     cmd = [torchrun, *readme.split()[1:]]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PET_MASTER_PORT=str(29500 + os.getpid() % 1000),
-               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
+               PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
                                            os.environ.get("PYTHONPATH", "")]))
     env["CUDA_VISIBLE_DEVICES"] = ""  # a machine without a GPU, even where the tests run on one
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
@@ -212,7 +212,7 @@ def test_torchrun_on_cpu_as_the_readme_says(tiny_bert, tmp_path):
 
 
 def test_eval_data_before_during_after(tiny_bert, tmp_path):
-    from tests.test_eval import _bench
+    from tests.eval.test_eval import _bench
 
     data = make_data(tmp_path / "t.jsonl")
     bench = _bench(tmp_path / "bench")

@@ -28,7 +28,7 @@ from embedkit.corpus import encode_to_parquet, read_manifest, verify_output  # n
 from embedkit.distributed import encode_dataset  # noqa: E402
 from embedkit.errors import DataError  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the quick brown fox jumps over lazy dog a long text that goes past max length short tabs and mixed spaces "
          "hello world what is bge cat query passage").split()
 

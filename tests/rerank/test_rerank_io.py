@@ -23,9 +23,8 @@ from embedkit.export.onnx import export_onnx, export_reranker_onnx
 from embedkit.parity import check_parity
 from embedkit.recipe import PLACEHOLDER_PATH
 from embedkit.rerank.spec import SAVED, SAVED_KEY, load_reranker_spec
-
-from .test_hostile_exec import NAME_PAYLOAD, VALUE_PAYLOAD
-from .test_rerank import ML, PAIRS, _build_bert, _build_xlmr
+from tests.rerank.test_rerank import ML, PAIRS, _build_bert, _build_xlmr
+from tests.test_hostile_exec import NAME_PAYLOAD, VALUE_PAYLOAD
 
 TOL = 1e-5
 
@@ -234,7 +233,7 @@ def test_onnx_sigmoid_graph_is_recorded(saved, tmp_path):
 
 
 def _embedder(tmp_path: Path) -> Path:
-    from .conftest import build_tiny_bert
+    from tests.conftest import build_tiny_bert
 
     return build_tiny_bert(tmp_path / "embedder")
 

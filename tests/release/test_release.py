@@ -22,9 +22,9 @@ from embedkit import CheckpointError, Embedder, SpecError
 from embedkit.checkpoint.manifest import verify_manifest
 from embedkit.cli import main
 from embedkit.release import ReleaseOptions, plan_release, release, work_dir
-from tests.test_eval import _bench
+from tests.eval.test_eval import _bench
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["the quick brown fox", "hello world cat", "", "中文 测试", "what is bge " * 40]
 TRAINING_FILES = {"optimizer.pt", "scheduler.pt", "rng_state_0.pth", "trainer_state.json", "training_args.bin",
                   "global_step10/zero_pp_rank_0_mp_rank_00_optim_states.pt"}
