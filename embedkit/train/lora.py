@@ -21,17 +21,24 @@ LORA_TARGETS = {
 }
 
 
+def lora_targets(model: Any, model_args: Any, *, attention_only: bool = False) -> list[str]:
+    """``--lora_target_modules`` (comma-separated), else the default modules of ``model``'s architecture
+    (:data:`LORA_TARGETS`; ``attention_only`` leaves out the ``dense`` output projections, e.g. for a classifier whose
+    head is also named ``dense``)."""
+    if model_args.lora_target_modules:
+        return [t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()]
+    model_type = getattr(model.config, "model_type", "")
+    if model_type not in LORA_TARGETS:
+        raise EmbedkitError(f"no default LoRA target modules for model type {model_type!r}",
+                            hint="pass --lora_target_modules name1,name2 (module names of the attention layers)")
+    targets = LORA_TARGETS[model_type]
+    return ([t for t in targets if t != "dense"] or targets) if attention_only else targets
+
+
 def apply_lora(encoder: Any, model_args: ModelArguments) -> Any:
     """Wrap ``encoder`` in a peft LoRA model (target modules chosen per architecture unless given)."""
     peft = require("peft", "--lora")
-    if model_args.lora_target_modules:
-        targets = [t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()]
-    else:
-        model_type = getattr(encoder.config, "model_type", "")
-        if model_type not in LORA_TARGETS:
-            raise EmbedkitError(f"no default LoRA target modules for model type {model_type!r}",
-                                hint="pass --lora_target_modules name1,name2 (module names of the attention layers)")
-        targets = LORA_TARGETS[model_type]
+    targets = lora_targets(encoder, model_args)
     config = peft.LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
                              lora_dropout=model_args.lora_dropout, target_modules=targets, bias="none")
     return peft.get_peft_model(encoder, config)

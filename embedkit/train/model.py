@@ -13,7 +13,24 @@ from ..spec import EmbedderSpec
 from .loss import contrastive_loss, gather_with_grad, group_scores, kd_loss
 
 
-class EmbedderTrainingModel(nn.Module):
+class EncoderWrapper(nn.Module):
+    """A training model around a ``transformers`` model (``self.encoder``): what the Trainer calls on the model it is
+    given (gradient checkpointing, ``config``) and the last step's loss parts (``last_stats``)."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = getattr(encoder, "config", None)
+        self.last_stats: dict[str, float] = {}
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.encoder.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.encoder.gradient_checkpointing_disable()
+
+
+class EmbedderTrainingModel(EncoderWrapper):
     """Encodes queries and passages exactly as :class:`embedkit.Embedder` does (same pooling code) and returns the
     InfoNCE loss (+ distillation when teacher scores come with the batch).
     """
@@ -21,8 +38,7 @@ class EmbedderTrainingModel(nn.Module):
     def __init__(self, encoder: nn.Module, spec: EmbedderSpec, *, group_size: int, temperature: float = 0.02,
                  in_batch_negatives: bool = True, negatives_cross_device: bool = False,
                  kd_loss: str | None = "kl_div", kd_weight: float = 1.0) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         self.spec = spec
         self.group_size = group_size
         self.temperature = temperature
@@ -30,15 +46,6 @@ class EmbedderTrainingModel(nn.Module):
         self.negatives_cross_device = negatives_cross_device
         self.kd_loss = kd_loss
         self.kd_weight = kd_weight
-        self.config = getattr(encoder, "config", None)
-        self.last_stats: dict[str, float] = {}
-
-    # Trainer calls these on the model it is given
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.encoder.gradient_checkpointing_enable(**kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.encoder.gradient_checkpointing_disable()
 
     def encode(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token features -> sentence vectors, through :func:`embedkit.pooling.embed` (the inference code)."""

@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._optional import require
-from ..errors import CheckpointError, EmbedkitError
+from ..errors import CheckpointError
 from ..folder.layout import read_config
 from ..folder.loading import hf_config, load_model
 from ..models import model_display_name
 from ..rerank.spec import check_reranker_config, is_reranker_config
-from .lora import LORA_TARGETS
+from .lora import lora_targets
 from .loss import kd_loss
+from .model import EncoderWrapper
 
 logger = logging.getLogger("embedkit")
 
@@ -44,24 +45,15 @@ def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, group_size: int) -
     return kd_loss(logits.float().reshape(-1, group_size), teacher.float().reshape(-1, group_size), "kl_div")
 
 
-class RerankerTrainingModel(nn.Module):
+class RerankerTrainingModel(EncoderWrapper):
     """A ``*ForSequenceClassification`` model (one label) + the group loss (+ distillation)."""
 
     def __init__(self, encoder: nn.Module, *, group_size: int, kd_loss: str | None = "kl_div",
                  kd_weight: float = 1.0) -> None:
-        super().__init__()
-        self.encoder = encoder
+        super().__init__(encoder)
         self.group_size = group_size
         self.kd_loss = kd_loss
         self.kd_weight = kd_weight
-        self.config = getattr(encoder, "config", None)
-        self.last_stats: dict[str, float] = {}
-
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.encoder.gradient_checkpointing_enable(**kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.encoder.gradient_checkpointing_disable()
 
     def score(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pair features -> one logit per pair (the model's forward, as inference runs it)."""
@@ -127,14 +119,7 @@ def load_reranker_model(path: Path, *, trust_pickle: bool = False, seed: int | N
 def apply_reranker_lora(model: Any, model_args: Any) -> Any:
     """LoRA for a sequence-classification model (peft ``SEQ_CLS``: the head stays fully trainable and is saved)."""
     peft = require("peft", "--lora")
-    if model_args.lora_target_modules:
-        targets = [t.strip() for t in model_args.lora_target_modules.split(",") if t.strip()]
-    else:
-        model_type = getattr(model.config, "model_type", "")
-        if model_type not in LORA_TARGETS:
-            raise EmbedkitError(f"no default LoRA target modules for model type {model_type!r}",
-                                hint="pass --lora_target_modules name1,name2 (module names of the attention layers)")
-        targets = [t for t in LORA_TARGETS[model_type] if t != "dense"] or LORA_TARGETS[model_type]
+    targets = lora_targets(model, model_args, attention_only=True)
     config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
                              lora_dropout=model_args.lora_dropout, target_modules=targets, bias="none")
     return peft.get_peft_model(model, config)
