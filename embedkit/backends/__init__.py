@@ -31,13 +31,20 @@ PROTOCOL_ATTRIBUTES: tuple[str, ...] = ("output", "hidden_size", "input_names", 
 """What every backend instance has (besides ``forward``)."""
 
 
+class _Described(Protocol):
+    """What every backend declares besides ``output`` and ``forward`` (:data:`PROTOCOL_ATTRIBUTES`)."""
+
+    hidden_size: int
+    input_names: tuple[str, ...]
+    device: Any
+    dtype: Any
+
+
 @runtime_checkable
-class HiddenBackend(Protocol):
+class HiddenBackend(_Described, Protocol):
     """A backend that returns the last hidden state (PyTorch): what bge-m3's heads and training need."""
 
     output: Literal["hidden"]
-    hidden_size: int
-    input_names: tuple[str, ...]
     device: torch.device
     dtype: torch.dtype
     model: torch.nn.Module
@@ -48,14 +55,10 @@ class HiddenBackend(Protocol):
 
 
 @runtime_checkable
-class PooledBackend(Protocol):
+class PooledBackend(_Described, Protocol):
     """A backend that returns final sentence vectors (an exported graph that ends in the pooling)."""
 
     output: Literal["pooled"]
-    hidden_size: int
-    input_names: tuple[str, ...]
-    device: Any
-    dtype: Any
 
     def forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Run the graph on padded ``features``; return ``(batch, dim)`` float32 vectors."""
@@ -63,14 +66,10 @@ class PooledBackend(Protocol):
 
 
 @runtime_checkable
-class ScoresBackend(Protocol):
+class ScoresBackend(_Described, Protocol):
     """A backend that returns one score per (query, passage) pair (a cross-encoder's exported graph)."""
 
     output: Literal["scores"]
-    hidden_size: int
-    input_names: tuple[str, ...]
-    device: Any
-    dtype: Any
 
     def forward(self, features: dict[str, np.ndarray]) -> np.ndarray:
         """Run the graph on padded pair ``features``; return ``(batch,)`` float32 scores."""

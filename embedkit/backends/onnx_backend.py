@@ -62,24 +62,32 @@ def open_session(folder: Path, info: dict[str, Any], rel: str, threads: int | No
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def open_export(folder: Path, precision: str, threads: int | None, *, reranker: bool) -> tuple[dict[str, Any], Any]:
+    """``(export info, session)`` of the embedder's (or the reranker's) graph of ``precision`` in ``folder``: a clear
+    error for an unknown precision, the other kind of export, or a missing graph (saying why int8 is missing)."""
+    require("onnxruntime", "backend='onnx'")
+    if precision not in PRECISIONS:
+        raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")
+    info = read_export_info(folder)
+    if reranker and info.get("kind") != "reranker":
+        raise CheckpointError(f"the ONNX export in {folder} is an embedder's, not a reranker's",
+                              hint="re-export the cross-encoder: `embedkit export onnx MODEL OUT`")
+    files = (RERANKER_FILE, RERANKER_INT8_FILE) if reranker else (EMBEDDER_FILE, EMBEDDER_INT8_FILE)
+    rel = files[precision == "int8"]
+    if not (folder / rel).is_file():
+        why = _int8_missing_reason(info) if precision == "int8" else ""
+        raise CheckpointError(f"{folder} has no {rel}{why}",
+                              hint="use precision='fp32', or re-export with `embedkit export onnx --quantize int8`")
+    return info, open_session(folder, info, rel, threads)
+
+
 class OnnxBackend:
     """Runs an embedkit ONNX export; refuses an export that does not match the folder's weights or spec."""
 
     output: Literal["pooled"] = "pooled"
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
-        require("onnxruntime", "backend='onnx'")
-        if precision not in PRECISIONS:
-            raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")
-        folder = Path(model_dir)
-        self.info = read_export_info(folder)
-        rel = EMBEDDER_INT8_FILE if precision == "int8" else EMBEDDER_FILE
-        path = folder / rel
-        if not path.is_file():
-            why = _int8_missing_reason(self.info) if precision == "int8" else ""
-            raise CheckpointError(f"{folder} has no {rel}{why}",
-                                  hint="use precision='fp32', or re-export with `embedkit export onnx --quantize int8`")
-        self.session = open_session(folder, self.info, rel, threads)
+        self.info, self.session = open_export(Path(model_dir), precision, threads, reranker=False)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.hidden_size = int(self.info["dim"])
         self.precision = precision
@@ -113,21 +121,7 @@ class OnnxScoreBackend:
     output: Literal["scores"] = "scores"
 
     def __init__(self, model_dir: str | Path, precision: str = "fp32", threads: int | None = None) -> None:
-        require("onnxruntime", "backend='onnx'")
-        if precision not in PRECISIONS:
-            raise SpecError(f"unknown precision {precision!r} for the ONNX backend", hint="use 'fp32' or 'int8'")
-        folder = Path(model_dir)
-        self.info = read_export_info(folder)
-        if self.info.get("kind") != "reranker":
-            raise CheckpointError(f"the ONNX export in {folder} is an embedder's, not a reranker's",
-                                  hint="re-export the cross-encoder: `embedkit export onnx MODEL OUT`")
-        rel = RERANKER_INT8_FILE if precision == "int8" else RERANKER_FILE
-        path = folder / rel
-        if not path.is_file():
-            why = _int8_missing_reason(self.info) if precision == "int8" else ""
-            raise CheckpointError(f"{folder} has no {rel}{why}",
-                                  hint="use precision='fp32', or re-export with `embedkit export onnx --quantize int8`")
-        self.session = open_session(folder, self.info, rel, threads)
+        self.info, self.session = open_export(Path(model_dir), precision, threads, reranker=True)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.hidden_size = 1
         self.activation = "sigmoid" if self.info.get("sigmoid") else "identity"

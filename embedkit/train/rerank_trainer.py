@@ -35,11 +35,11 @@ from .arguments import DataArguments, EmbedkitTrainingArguments, ModelArguments
 from .callbacks import MetricsCallback, append_metrics
 from .data import load_train_data
 from .dataset import GroupDataset, summarize_data
-from .persist import ADAPTER_DIR, FINAL_MODEL_DIR, MERGED_DIR, check_resume_checkpoint
+from .persist import MERGED_DIR
 from .rerank_data import PairCollator, PairTexts, summary_spec
 from .rerank_model import RerankerTrainingModel, apply_reranker_lora, load_reranker_model
 from .rerank_persist import load_reranker_weights, save_reranker
-from .trainer import EmbedkitTrainer, _prepare_output, check_ranks_in_sync
+from .trainer import EmbedkitTrainer, train_steps
 
 logger = logging.getLogger("embedkit")
 
@@ -238,20 +238,8 @@ def build_reranker_trainer(model_args: ModelArguments, data_args: DataArguments,
 def run_reranker(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments
                  ) -> Path:
     """Train a cross-encoder; save it to ``OUTPUT/model`` (``OUTPUT/adapter`` [+ ``OUTPUT/merged``] with LoRA)."""
-    if isinstance(train_args.resume_from_checkpoint, (str, Path)):
-        check_resume_checkpoint(train_args.resume_from_checkpoint, trust_pickle=model_args.trust_pickle)
-    trainer, summary = build_reranker_trainer(model_args, data_args, train_args)
+    trainer, summary, inner, final, evaluating = train_steps(build_reranker_trainer, model_args, data_args, train_args)
     out = Path(train_args.output_dir)
-    if trainer.is_world_process_zero():
-        _prepare_output(out, summary, train_args)
-    evaluating = trainer.eval_data is not None and trainer.is_world_process_zero()
-    if evaluating and not train_args.resume_from_checkpoint:
-        trainer.evaluate_retrieval("before", 0)
-    trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
-    inner = trainer.accelerator.unwrap_model(trainer.model)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        check_ranks_in_sync(inner)
-    final = out / (ADAPTER_DIR if model_args.lora else FINAL_MODEL_DIR)
     if trainer.is_world_process_zero():
         card = {"base_model": model_display_name(model_args.model_name_or_path),
                 "training": {"recipe": "FlagEmbedding reranker (group cross-entropy, positive first)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,13 +215,17 @@ def _m3_model(encoder: Any, path: Path, spec: EmbedderSpec, tokenizer: Any, mode
                            self_distill_start_step=model_args.self_distill_start_step, **common)
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments) -> Path:
-    """Train, then save the final model to ``OUTPUT/model`` (and ``OUTPUT/adapter`` / ``OUTPUT/merged`` with LoRA).
+def train_steps(build: Callable[..., tuple[Any, dict[str, Any]]], model_args: ModelArguments,
+                data_args: DataArguments, train_args: EmbedkitTrainingArguments
+                ) -> tuple[Any, dict[str, Any], Any, Path, bool]:
+    """What every fine-tuning run (embedder, bge-m3, reranker) does before saving: check a
+    ``--resume_from_checkpoint`` folder (:func:`check_resume_checkpoint`), ``build`` the trainer, prepare OUTPUT
+    (main process), evaluate "before", train, check that every process ended with the same weights.
 
-    A ``--resume_from_checkpoint`` folder is checked first (:func:`check_resume_checkpoint`)."""
+    Returns ``(trainer, data summary, unwrapped model, final folder, evaluating)``."""
     if isinstance(train_args.resume_from_checkpoint, (str, Path)):
         check_resume_checkpoint(train_args.resume_from_checkpoint, trust_pickle=model_args.trust_pickle)
-    trainer, summary = build_trainer(model_args, data_args, train_args)
+    trainer, summary = build(model_args, data_args, train_args)
     out = Path(train_args.output_dir)
     if trainer.is_world_process_zero():
         _prepare_output(out, summary, train_args)
@@ -232,7 +237,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, train_args: Embedk
     sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
     if torch.distributed.is_available() and torch.distributed.is_initialized() and not sharded:
         check_ranks_in_sync(inner)
-    final = out / (ADAPTER_DIR if model_args.lora else FINAL_MODEL_DIR)
+    return trainer, summary, inner, out / (ADAPTER_DIR if model_args.lora else FINAL_MODEL_DIR), evaluating
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, train_args: EmbedkitTrainingArguments) -> Path:
+    """Train, then save the final model to ``OUTPUT/model`` (and ``OUTPUT/adapter`` / ``OUTPUT/merged`` with LoRA).
+
+    A ``--resume_from_checkpoint`` folder is checked first (:func:`check_resume_checkpoint`)."""
+    trainer, summary, inner, final, evaluating = train_steps(build_trainer, model_args, data_args, train_args)
+    out = Path(train_args.output_dir)
     if trainer.is_world_process_zero():
         card = {"training": {"data": ", ".join(summary["files"]), "rows": summary["rows"],
                              "steps": trainer.state.global_step, "group_size": data_args.train_group_size,
