@@ -170,6 +170,25 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def kill_when_recorded(proc: subprocess.Popen, manifest_file: Path, *, shards: int, timeout: float) -> None:
+    """SIGKILL ``proc`` (a real `embedkit encode`) once its manifest records ``shards`` shards, not after it ended."""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if len(json.loads(manifest_file.read_text())["shards"]) >= shards:
+                    break
+            except (OSError, ValueError):  # not written yet, or caught mid-rename
+                pass
+            time.sleep(0.02)
+        assert proc.poll() is None, "the encode finished (or failed) before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_a_straight_run(tiny_bert, tmp_path):
     """A real `embedkit encode` subprocess is SIGKILLed after its first shards are recorded; --resume finishes it
@@ -183,25 +202,7 @@ def test_sigkill_mid_run_then_resume_equals_a_straight_run(tiny_bert, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, *args, "-o", str(out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest_file = out / "_embedkit.json"
-    deadline = time.monotonic() + 120
-    recorded = 0
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if manifest_file.is_file():
-                try:
-                    recorded = len(json.loads(manifest_file.read_text())["shards"])
-                except ValueError:
-                    recorded = 0
-                if recorded >= 3:
-                    break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the encode finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_recorded(proc, out / "_embedkit.json", shards=3, timeout=120)
     killed = read_manifest(out)
     assert not killed["complete"] and 3 <= len(killed["shards"]) < 20
     assert main(args + ["-o", str(out)]) == 2  # a plain re-run refuses

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from embedkit.cli import main  # noqa: E402
 from embedkit.corpus import encode_to_parquet, read_manifest, verify_output  # noqa: E402
 from embedkit.distributed import encode_dataset  # noqa: E402
 from embedkit.errors import DataError  # noqa: E402
+from tests.corpus.test_corpus import kill_when_recorded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the quick brown fox jumps over lazy dog a long text that goes past max length short tabs and mixed spaces "
@@ -155,22 +154,7 @@ def test_sigkill_the_driver_then_resume_completes_and_equals(local_ray, tiny, ti
             "--workers", "2", "--shard-size", "50", "--batch-size", "4", "--passages", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-c", KILL_CHILD, *args], env=dict(os.environ), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest_file = out / "_embedkit.json"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if len(json.loads(manifest_file.read_text())["shards"]) >= 2:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.02)
-        assert proc.poll() is None, "the driver finished (or failed) before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when_recorded(proc, out / "_embedkit.json", shards=2, timeout=240)
     killed = read_manifest(out)
     assert not killed["complete"] and 2 <= len(killed["shards"]) < 40
     assert main(args) == 2  # a plain re-run refuses
