@@ -5,17 +5,21 @@ of ``--per-request`` texts until the ``--n`` texts are done; texts/s over the wa
 
 - ``embedkit-serve``: ``embedkit serve MODEL`` in its own process (fp32, default token budget), ``POST /embed``.
 - ``in-process``: the same texts, the same client threads calling ``Embedder.encode(request_texts)`` directly; and
-  ``in-process-bulk``: one ``encode(all texts)`` call (throughput only; the ceiling).
+  its ``bulk`` row: one ``encode(all texts)`` call (throughput only; the ceiling).
 - ``infinity``: ``infinity_emb v2`` serving the same folder (``POST /embeddings``), run from its own venv, because
   infinity-emb 0.0.78 only resolves with transformers 4.57 / sentence-transformers 3.4::
 
       python -m venv benchmarks/.venv-infinity
+      benchmarks/.venv-infinity/bin/pip install torch==2.13.0      # the CPU wheel first, or pip pulls CUDA
       benchmarks/.venv-infinity/bin/pip install 'infinity-emb[server,torch]==0.0.78' 'transformers==4.57.*' \\
-          'sentence-transformers==3.4.*'
+          'sentence-transformers==3.4.*' torch==2.13.0
 
   Without that venv the peer is skipped with a message in the JSON.
 
-    python benchmarks/serve.py [--model minilm] [--n 512] [--per-request 1] [--clients 1,8,64]
+    python benchmarks/serve.py [--model minilm] [--n 512] [--per-request 1] [--clients 1,8,64] [--runs 3]
+
+Each engine runs in its own fresh process, the engines in turn (the first one rotates each round); per engine and
+client count the round with the median texts/s is reported, with every round's texts/s.
 
 Prints one JSON object (and the host's CPU model).
 """
@@ -135,14 +139,11 @@ def bench_server(cmd: list[str], health: str, url: str, body_of, chunks, clients
             proc.kill()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="minilm")
-    ap.add_argument("--n", type=int, default=512)
-    ap.add_argument("--per-request", type=int, default=1)
-    ap.add_argument("--clients", default="1,8,64")
-    args = ap.parse_args()
-    from embedkit import Embedder
+ENGINES = ("in-process", "embedkit-serve", "infinity")
+
+
+def worker(engine: str, args: argparse.Namespace) -> dict:
+    """One engine's measurements, in this (fresh) process."""
     from embedkit.models import resolve_model_path
 
     folder = str(resolve_model_path(args.model))
@@ -151,41 +152,82 @@ def main() -> None:
     clients_list = [int(c) for c in args.clients.split(",")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    out: dict = {"host": cpu_model(), "cores": os.cpu_count(), "model": args.model, "n_texts": len(texts),
-                 "per_request": args.per_request, "precision": "fp32", "results": {}}
+    if engine == "in-process":
+        from embedkit import Embedder
 
-    m = Embedder(folder, device="cpu", show_progress=False, max_batch_tokens=16384)
-    m.encode(texts[:64])
-    t0 = time.perf_counter()
-    m.encode(texts)
-    out["results"]["in-process-bulk"] = {"texts_per_s": round(len(texts) / (time.perf_counter() - t0), 1)}
+        m = Embedder(folder, device="cpu", show_progress=False, max_batch_tokens=16384)
+        m.encode(texts[:64])
+        t0 = time.perf_counter()
+        m.encode(texts)
+        out = {"bulk": {"texts_per_s": round(len(texts) / (time.perf_counter() - t0), 1)}}
 
-    def local(batch: list[str], state: dict) -> bool:
-        return m.encode(batch) is not None
+        def local(batch: list[str], state: dict) -> bool:
+            return m.encode(batch) is not None
 
-    out["results"]["in-process"] = {str(c): drive(local, chunks, c) for c in clients_list}
-
+        return out | {str(c): drive(local, chunks, c) for c in clients_list}
     port = free_port()
-    out["results"]["embedkit-serve"] = bench_server(
-        [sys.executable, "-m", "embedkit", "-q", "serve", folder, "--port", str(port),
-         "--max-concurrent-requests", "4096"], f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}/embed",
-        lambda t: {"inputs": t}, chunks, clients_list, env)
-
+    if engine == "embedkit-serve":
+        return bench_server(
+            [sys.executable, "-m", "embedkit", "-q", "serve", folder, "--port", str(port),
+             "--max-concurrent-requests", "4096"], f"http://127.0.0.1:{port}/health",
+            f"http://127.0.0.1:{port}/embed", lambda t: {"inputs": t}, chunks, clients_list, env)
     infinity = INFINITY_VENV / "bin" / "infinity_emb"
-    if not infinity.is_file():
-        out["results"]["infinity"] = (f"skipped: no {INFINITY_VENV.relative_to(ROOT)} (create it as this file's "
-                                      "docstring says)")
+    return bench_server(
+        [str(infinity), "v2", "--model-id", folder, "--port", str(port), "--host", "127.0.0.1",
+         "--engine", "torch", "--device", "cpu", "--no-bettertransformer"], f"http://127.0.0.1:{port}/health",
+        f"http://127.0.0.1:{port}/embeddings", lambda t: {"input": t, "model": folder}, chunks, clients_list, env)
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput (its latencies with it), plus every run's texts/s."""
+    ranked = sorted(runs, key=lambda r: r["texts_per_s"])
+    return ranked[len(ranked) // 2] | {"runs": [r["texts_per_s"] for r in runs]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--per-request", type=int, default=1)
+    ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--runs", type=int, default=3, help="rounds; each round runs every engine once, in turn")
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args)))
+        return
+    engines = args.engines.split(",")
+    if "infinity" in engines and not (INFINITY_VENV / "bin" / "infinity_emb").is_file():
+        engines.remove("infinity")
+        skipped = f"skipped: no {INFINITY_VENV.relative_to(ROOT)} (create it as this file's docstring says)"
     else:
-        port = free_port()
-        out["results"]["infinity"] = bench_server(
-            [str(infinity), "v2", "--model-id", folder, "--port", str(port), "--host", "127.0.0.1",
-             "--engine", "torch", "--device", "cpu", "--no-bettertransformer"], f"http://127.0.0.1:{port}/health",
-            f"http://127.0.0.1:{port}/embeddings", lambda t: {"input": t, "model": folder}, chunks, clients_list,
-            env)
-    serve64 = out["results"]["embedkit-serve"].get(str(clients_list[-1]), {})
-    out["serve_vs_in_process_at_max_clients"] = round(
-        serve64.get("texts_per_s", 0) / out["results"]["in-process"][str(clients_list[-1])]["texts_per_s"], 3)
-    out["serve_vs_bulk"] = round(serve64.get("texts_per_s", 0) / out["results"]["in-process-bulk"]["texts_per_s"], 3)
+        skipped = None
+    clients_list = args.clients.split(",")
+    raw: dict[str, list[dict]] = {e: [] for e in engines}
+    for r in range(args.runs):
+        for engine in engines[r % len(engines):] + engines[:r % len(engines)]:  # rotate who goes first
+            cmd = [sys.executable, __file__, "--worker", engine, "--model", args.model, "--n", str(args.n),
+                   "--per-request", str(args.per_request), "--clients", args.clients]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{engine} failed:\n{proc.stderr[-3000:]}")
+            raw[engine].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(engine, json.dumps(raw[engine][-1]), file=sys.stderr, flush=True)
+    results: dict = {e: {k: _median_run([run[k] for run in raw[e]]) for k in raw[e][0]} for e in engines}
+    if skipped:
+        results["infinity"] = skipped
+    top = clients_list[-1]
+    serve, local = results["embedkit-serve"], results.get("in-process")
+    out: dict = {"host": cpu_model(), "cores": os.cpu_count(), "model": args.model, "n_texts": args.n,
+                 "per_request": args.per_request, "precision": "fp32", "runs": args.runs,
+                 "load_average": [round(x, 2) for x in os.getloadavg()], "results": results}
+    if local:
+        out[f"serve_vs_in_process_at_{top}_clients"] = round(serve[top]["texts_per_s"] / local[top]["texts_per_s"], 3)
+        out["serve_vs_in_process_bulk"] = round(serve[top]["texts_per_s"] / local["bulk"]["texts_per_s"], 3)
+    if isinstance(results.get("infinity"), dict):
+        out[f"serve_vs_infinity_at_{top}_clients"] = round(
+            serve[top]["texts_per_s"] / results["infinity"][top]["texts_per_s"], 3)
     print(json.dumps(out, indent=1))
 
 

@@ -28,3 +28,18 @@ def test_pad_features_uses_pad_id_for_ids_only():
     out = pad_features(feats, np.array([1, 0]), pad_token_id=9)
     assert out["input_ids"].tolist() == [[7, 9], [5, 6]]
     assert out["attention_mask"].tolist() == [[1, 0], [1, 1]]
+
+
+def test_low_padding_groups_split_a_sorted_batch_where_padding_would_grow():
+    from embedkit.batching import length_sorted_order, low_padding_groups
+
+    lengths = [50] * 10 + [10] * 10 + [48] * 3
+    order = length_sorted_order(lengths)
+    groups = low_padding_groups(order, lengths, max_waste=0.25, min_rows=8)
+    assert [len(g) for g in groups] == [13, 10]
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))  # every row, once, in order
+    assert np.concatenate(groups).tolist() == order.tolist()
+    # a group below min_rows keeps taking rows whatever the padding; nothing, or one row, is one group
+    assert [len(g) for g in low_padding_groups(order, lengths, min_rows=100)] == [23]
+    assert low_padding_groups(np.arange(0), []) == []
+    assert [g.tolist() for g in low_padding_groups(np.arange(1), [7])] == [[0]]
