@@ -503,3 +503,35 @@ def test_runner_serves_an_onnx_model_exactly(tiny_prompts, tmp_path):
     (rows, padded), = batching.padded_batches(features, onnx.tokenizer, 8, sort=False)
     got = Runner(onnx).run(padded, [Post()] * len(texts), rows)
     np.testing.assert_array_equal(np.stack(got), onnx.encode(texts))
+
+
+def test_queue_runs_a_mixed_length_batch_as_tight_groups_with_the_same_vectors(minilm):
+    """On a CPU one popped batch of short and long inputs runs as a few length groups (less padding), and every
+    vector still equals ``Embedder.encode`` of its text."""
+    import asyncio
+
+    from embedkit.serve.queue import BatchQueue, Post, Runner
+
+    texts = [LONG[: 20 + 37 * i] if i % 2 else f"short {i}" for i in range(40)]
+    runner = Runner(minilm)
+    widths: list[int] = []
+    run = runner.run
+
+    def counting(padded, posts, rows):  # the real runner, recording each forward pass's padded width
+        widths.append(padded["input_ids"].shape[1])
+        return run(padded, posts, rows)
+
+    runner.run = counting
+    queue = BatchQueue(minilm, max_batch_tokens=1 << 20, runner=runner)
+
+    async def go() -> list:
+        job = queue.submit(minilm.tokenize(texts, minilm.spec.passage_max_length), Post(),
+                           asyncio.get_running_loop())
+        return await asyncio.wait_for(job.future, 120)
+
+    try:
+        got = asyncio.run(go())
+    finally:
+        queue.close(30)
+    assert len(widths) > 1 and sorted(widths, reverse=True) == widths  # longest group first, then narrower ones
+    np.testing.assert_allclose(np.stack(got), minilm.encode(texts), atol=1e-6)
