@@ -7,7 +7,7 @@ of the parent's and its workers' peaks; for Ray, the driver's only: the actors a
 time ``encode_dataset`` including actor start-up (``ray_init_s``, starting Ray itself, is reported apart).
 Texts are short (3-12 words), written once to a .txt file.
 
-    python benchmarks/corpus.py --model minilm --n 100000                 # throughput, every engine
+    python benchmarks/corpus.py --model minilm --n 100000 [--runs 3]      # throughput, every engine
     python benchmarks/corpus.py --model tiny --engines parquet,npy --n 100000,1000000 --threads 1   # memory
 
     python benchmarks/corpus.py --recall DEMO_DATA_DIR --model minilm      # nDCG@10 per --output-dtype
@@ -175,6 +175,38 @@ def write_texts(path: Path, n: int, seed: int = 0) -> None:
             fh.writelines(" ".join(picks[e - k:e]) + "\n" for k, e in zip(lengths, ends, strict=True))
 
 
+def _rounds(engines: list[str], runs: int) -> list[str]:
+    """Every engine once per round, the first one rotating each round (so no engine always runs first)."""
+    return [e for r in range(runs) for e in engines[r % len(engines):] + engines[:r % len(engines)]]
+
+
+def _summary(results: list[dict]) -> dict:
+    """Per corpus size and engine: the median texts/s over the rounds and the largest peak RSS; and the streaming
+    (parquet) throughput as a ratio of the in-memory (.npy) one."""
+    import statistics
+
+    out: dict = {}
+    for r in results:
+        row = out.setdefault(str(r["n"]), {}).setdefault(r["engine"], {"runs": [], "peak_rss_mb": 0.0})
+        row["runs"].append(r["texts_per_s"])
+        row["peak_rss_mb"] = max(row["peak_rss_mb"], r["peak_rss_mb"])
+    for by_engine in out.values():
+        for row in by_engine.values():
+            row["texts_per_s"] = round(statistics.median(row["runs"]), 1)
+        if "parquet" in by_engine and "npy" in by_engine:
+            by_engine["parquet_vs_npy"] = round(by_engine["parquet"]["texts_per_s"] / by_engine["npy"]["texts_per_s"],
+                                                3)
+    return out
+
+
+def _cpu() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def _model(name: str, tmp: Path) -> str:
     if name == "tiny":
         from tests.conftest import build_tiny_bert
@@ -196,6 +228,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=100_000)
     ap.add_argument("--threads", type=int, default=None, help="torch / OMP threads per process (default: all)")
     ap.add_argument("--workers", type=int, default=os.cpu_count(), help="sentence-transformers pool processes")
+    ap.add_argument("--runs", type=int, default=1, help="rounds; each runs every engine once, in turn")
     ap.add_argument("--json", default=None, help="also write the result here")
     ap.add_argument("--recall", default=None, help="a retrieval folder (the demo's data dir): nDCG@10 per dtype")
     for hidden in ("--worker", "--input", "--model-path", "--out"):
@@ -215,16 +248,15 @@ def main() -> None:
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     results = []
+    engines = [e for e in args.engines.split(",") if not (e == "st-pool" and args.model == "tiny")]  # no ST files
     with tempfile.TemporaryDirectory(prefix="embedkit-corpus-bench-") as tmp_name:
         tmp = Path(tmp_name)
         model = _model(args.model, tmp)
         for n in [int(x) for x in args.n.split(",")]:
             src = tmp / f"texts-{n}.txt"
             write_texts(src, n)
-            for engine in args.engines.split(","):
-                if engine == "st-pool" and args.model == "tiny":
-                    continue  # no sentence-transformers files in the tiny model
-                out = tmp / f"out-{engine}-{n}"
+            for r, engine in enumerate(_rounds(engines, args.runs)):
+                out = tmp / f"out-{engine}-{n}-{r}"
                 out.mkdir()
                 result = run_worker(Path(__file__), engine, ["--input", str(src), "--model-path", model, "--out",
                                                               str(out), "--batch-size", str(args.batch_size),
@@ -232,8 +264,9 @@ def main() -> None:
                                                               "--workers", str(args.workers)])
                 results.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
-    report = {"model": args.model, "cpus": os.cpu_count(), "threads": args.threads, "batch_size": args.batch_size,
-              "shard_size": args.shard_size, "load_average": os.getloadavg(), "results": results}
+    report = {"model": args.model, "host": _cpu(), "cpus": os.cpu_count(), "threads": args.threads,
+              "batch_size": args.batch_size, "shard_size": args.shard_size, "runs": args.runs,
+              "load_average": [round(x, 2) for x in os.getloadavg()], "summary": _summary(results), "results": results}
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:
