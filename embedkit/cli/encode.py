@@ -87,11 +87,16 @@ def encode(
     ray_used = [flag for flag, used in (("--ray", ray), ("--ray-address", ray_address is not None),
                                         ("--workers", workers != 1), ("--gpus-per-worker", gpus_per_worker != 0))
                 if used]
-    if ray_used and (chosen != "parquet" or m3 or not ray):
-        raise SpecError(f"{', '.join(ray_used)}: Ray encodes to Parquet shards without --m3 and needs --ray",
-                        hint="use --ray --format parquet (and drop --m3)")
+    if ray_used and (chosen != "parquet" or not ray):
+        raise SpecError(f"{', '.join(ray_used)}: Ray encodes to Parquet shards and needs --ray",
+                        hint="use --ray --format parquet")
     if ray:
+        if output.suffix.lower() in (".npy", ".npz"):
+            raise SpecError(f"--ray writes a folder of Parquet shards, not {output.suffix} (--output {output})",
+                            hint=f"pass a folder name, e.g. --output {output.with_suffix('')}")
+        _check_parquet_m3(m3, sparse, colbert, sparse_format)
         _encode_ray(model, input, output, field=field, id_field=id_field, shard_size=shard_size, resume=resume,
+                    m3=m3, sparse=sparse,
                     output_dtype=output_dtype, queries=queries, passages=passages, instruction=instruction,
                     instruction_format=instruction_format, progress=progress, address=ray_address, workers=workers,
                     gpus_per_worker=gpus_per_worker,
@@ -169,11 +174,7 @@ def _encode_parquet(model: str, input: Path, output: Path, *, field: str, id_fie
     from ..spec import instruction_overrides
 
     check_output_dtype(output_dtype)
-    if sparse and not m3:
-        raise SpecError("--sparse is a bge-m3 output", hint="add --m3")
-    if colbert or sparse_format != "csr":
-        raise SpecError("--colbert and --sparse-format are not written to Parquet output",
-                        hint="use --m3 --sparse (a 'sparse' column) or write an .npz without --format parquet")
+    _check_parquet_m3(m3, sparse, colbert, sparse_format)
     kind = "queries" if queries else "passages" if passages else None
     overrides = instruction_overrides("query" if queries else "passage" if passages else None, instruction,
                                       instruction_format)
@@ -194,8 +195,18 @@ def _encode_parquet(model: str, input: Path, output: Path, *, field: str, id_fie
                f"{output_dtype}, dim {embedder.dim}; precision {embedder.precision_summary}")
 
 
+def _check_parquet_m3(m3: bool, sparse: bool, colbert: bool, sparse_format: str) -> None:
+    """Parquet output (one process or Ray) holds bge-m3's dense vectors and, with --sparse, a 'sparse' column."""
+    if sparse and not m3:
+        raise SpecError("--sparse is a bge-m3 output", hint="add --m3")
+    if colbert or sparse_format != "csr":
+        raise SpecError("--colbert and --sparse-format are not written to Parquet output",
+                        hint="use --m3 --sparse (a 'sparse' column) or write an .npz without --format parquet")
+
+
 def _encode_ray(model: str, input: Path, output: Path, *, field: str, id_field: str | None, shard_size: int,
-                resume: bool, output_dtype: str, queries: bool, passages: bool, instruction: str | None,
+                resume: bool, output_dtype: str, queries: bool, passages: bool, m3: bool, sparse: bool,
+                instruction: str | None,
                 instruction_format: str | None, progress: bool | None, address: str | None, workers: int,
                 gpus_per_worker: float, options: dict) -> None:
     """``--ray``: the Parquet output of ``--format parquet``, encoded by Ray actors (see
@@ -211,7 +222,7 @@ def _encode_ray(model: str, input: Path, output: Path, *, field: str, id_field: 
                             instruction=instruction if kind is None else None,
                             instruction_format=instruction_format if kind is None else None,
                             show_progress=progress, embedder_options=dict(options, **overrides), workers=workers,
-                            gpus_per_worker=gpus_per_worker, address=address)
+                            gpus_per_worker=gpus_per_worker, address=address, m3=m3, sparse=sparse)
     resumed = f", {result.shards - result.written} already complete" if result.shards > result.written else ""
     typer.echo(f"wrote {output}: {result.rows} rows in {result.shards} shard(s) ({result.written} this run{resumed}), "
                f"{output_dtype}, dim {result.manifest['dim']}; {workers} Ray worker(s)")

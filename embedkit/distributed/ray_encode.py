@@ -53,7 +53,14 @@ class _NoBar:
         pass
 
 
-def _make_embedder(model: str, options: dict[str, Any]) -> Any:
+def _make_embedder(model: str, options: dict[str, Any], settings: dict[str, Any]) -> Any:
+    """The actor's model: an ``Embedder``, or with ``m3`` an ``M3Embedder`` (dense, plus lexical weights with
+    ``sparse``), built as the single-machine ``embedkit encode --format parquet [--m3 [--sparse]]`` builds it."""
+    if settings.get("m3"):
+        from ..m3 import M3Embedder
+
+        return M3Embedder(model, return_dense=True, return_sparse=settings["sparse"], return_colbert=False,
+                          **options)
     from ..embedder import Embedder
 
     return Embedder(model, **options)
@@ -66,9 +73,9 @@ def _id_type(chunk: Chunk) -> str:
 def _probe(model: str, options: dict[str, Any], files: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     """Run on one Ray worker: the run's identity, dim, rows per input file, id type and int8 / uint8 calibration."""
     try:
-        embedder = _make_embedder(model, options)
+        embedder = _make_embedder(model, options, settings)
         paths = [Path(f) for f in files]
-        identity = run_identity(embedder, paths, kind=settings["kind"], sparse=False,
+        identity = run_identity(embedder, paths, kind=settings["kind"], sparse=settings["sparse"],
                              instruction=settings["instruction"], instruction_format=settings["instruction_format"],
                              text_field=settings["text_field"], id_field=settings["id_field"],
                              shard_size=settings["shard_size"], output_dtype=settings["output_dtype"])
@@ -123,15 +130,24 @@ class _ShardEncoder:
 
     def __init__(self, model: str, options: dict[str, Any], out_dir: str, settings: dict[str, Any],
                  threads: int | None) -> None:
-        if threads:
+        self.threads = threads
+        self._set_threads()
+        self.embedder = _make_embedder(model, options, settings)
+        self.out_dir, self.s = out_dir, settings
+        self.schema = schema(settings["output_dtype"], int(self.embedder.dim), id_type=settings["id_type"],
+                             sparse=settings["sparse"])
+
+    def _set_threads(self) -> None:
+        """torch's intra-op threads for the calling thread. Ray starts actors with ``OMP_NUM_THREADS=1`` and Ray Data
+        may call the UDF from another thread than the constructor's: there a forward pass ran on one thread whatever
+        ``torch.set_num_threads`` said in ``__init__`` (one actor on 2 CPUs: 262 texts/s vs 442 in one process)."""
+        if self.threads:
             import torch
 
-            torch.set_num_threads(threads)
-        self.embedder = _make_embedder(model, options)
-        self.out_dir, self.s = out_dir, settings
-        self.schema = schema(settings["output_dtype"], int(self.embedder.dim), id_type=settings["id_type"])
+            torch.set_num_threads(self.threads)
 
     def _shard(self, unit: dict[str, Any]) -> dict[str, Any]:
+        self._set_threads()
         s = self.s
         chunk_size = min(s["chunk_size"], s["shard_size"])
         chunks = _unit_chunks(unit, chunk_size, s["text_field"], s["id_field"])
@@ -145,7 +161,7 @@ class _ShardEncoder:
                 yield chunk
 
         manifest = {"quantization": s["quantization"]}
-        batches = shard_batches(self.embedder, checked(), manifest, _NoBar(), kind=s["kind"], sparse=False,
+        batches = shard_batches(self.embedder, checked(), manifest, _NoBar(), kind=s["kind"], sparse=s["sparse"],
                            instruction=s["instruction"], instruction_format=s["instruction_format"],
                            batch_size=s["batch_size"], output_dtype=s["output_dtype"],
                            calibration_rows=s["calibration_rows"])
@@ -211,6 +227,8 @@ def encode_dataset(
     workers: int = 1,
     gpus_per_worker: float = 0,
     address: str | None = None,
+    m3: bool = False,
+    sparse: bool = False,
 ) -> CorpusResult:
     """Encode every row of ``input`` with ``model`` on a Ray cluster into Parquet shards under ``output``: the same
     shards, schema and ``_embedkit.json`` as :func:`embedkit.corpus.encode_to_parquet` (see the module doc).
@@ -224,6 +242,8 @@ def encode_dataset(
         workers: actors (one Embedder each); gpus_per_worker: GPUs each actor requests (0: CPU actors).
         address: ``"auto"`` or ``"ray://HEAD:10001"``; ``None`` uses the Ray already initialized in this process or
             starts a local one.
+        m3: encode with :class:`~embedkit.m3.M3Embedder` (bge-m3's dense vectors); sparse: also write its lexical
+            weights as the ``sparse`` column (as ``encode_to_parquet(..., sparse=True)``; needs ``m3``).
 
     Example:
         >>> encode_dataset("models/bge-base", "corpus/*.jsonl", "/shared/vectors", id_field="id", workers=8,
@@ -238,6 +258,8 @@ def encode_dataset(
             raise SpecError(f"{name} must be a positive integer, got {value!r}", hint=f"e.g. {name}=4")
     if kind not in (None, "queries", "passages"):
         raise SpecError(f"kind must be 'queries', 'passages' or None, got {kind!r}")
+    if sparse and not m3:
+        raise SpecError("sparse (bge-m3 lexical weights) needs m3=True", hint="pass m3=True (CLI: --m3 --sparse)")
     if gpus_per_worker < 0:
         raise SpecError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}", hint="e.g. --gpus-per-worker 1")
     model = str(model)
@@ -268,7 +290,7 @@ def encode_dataset(
                     settings={"kind": kind, "instruction": instruction, "instruction_format": instruction_format,
                               "text_field": text_field, "id_field": id_field, "shard_size": shard_size,
                               "chunk_size": chunk_size, "output_dtype": output_dtype, "batch_size": batch_size,
-                              "calibration_rows": calibration_rows})
+                              "calibration_rows": calibration_rows, "m3": m3, "sparse": sparse})
     finally:
         if started:
             ray.shutdown()
@@ -356,7 +378,8 @@ def _run(ray: Any, model: str, options: dict[str, Any], files: list[str], out: P
             raise EmbedkitError(f"the Ray job failed ({type(exc).__name__}: {first})",
                                 hint="rerun with --resume: completed shards are kept") from None
     if total == 0 and not manifest["shards"]:  # an empty corpus: one empty shard, so readers find the schema
-        record_shard(out, manifest, write_shard(out, 0, 0, [], schema(settings["output_dtype"], dim)))
+        record_shard(out, manifest, write_shard(out, 0, 0, [], schema(settings["output_dtype"], dim,
+                                                                     sparse=settings["sparse"])))
         written += 1
     manifest["complete"] = True
     manifest["rows"] = total

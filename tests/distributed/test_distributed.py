@@ -133,6 +133,36 @@ def test_cli_refuses_ray_flags_without_parquet(tiny_bert, tmp_path, capsys):
     assert main(["encode", str(tiny_bert), "-i", str(src), "-o", str(tmp_path / "v.npy"), "--workers", "2"]) == 2
     assert "--workers" in capsys.readouterr().err
     assert main(["encode", str(tiny_bert), "-i", str(src), "-o", str(tmp_path / "v.npz"), "--ray", "--m3"]) == 2
+    assert "a folder of Parquet shards" in capsys.readouterr().err
+    assert main(["encode", str(tiny_bert), "-i", str(src), "-o", str(tmp_path / "out"), "--ray", "--m3",
+                 "--colbert"]) == 2
+    assert "--colbert" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_m3_sparse_on_ray_equals_the_single_process_output(local_ray, tmp_path_factory, tmp_path):
+    """``--ray --m3 --sparse``: bge-m3's dense vectors and its lexical weights (the ``sparse`` column), from two
+    actors, equal the single-process shards."""
+    from embedkit.m3 import M3Embedder
+    from tests.m3.test_m3 import build_tiny_m3
+
+    folder = build_tiny_m3(tmp_path_factory.mktemp("m3") / "tiny-bge-m3")
+    src = tmp_path / "c.txt"
+    src.write_text("\n".join(_texts(90, seed=3)) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["encode", str(folder), "--m3", "--sparse", "--passages", "-i", str(src), "-o", str(out), "--ray",
+                 "--ray-address", local_ray, "--workers", "2", "--shard-size", "40", "--no-progress"]) == 0
+    single = tmp_path / "single"
+    encode_to_parquet(M3Embedder(folder, return_sparse=True), src, single, kind="passages", shard_size=40,
+                      sparse=True)
+    got, want = pq.read_table(sorted(out.glob("part-*.parquet"))), pq.read_table(sorted(single.glob("part-*.parquet")))
+    assert got.schema == want.schema and got.column("id").to_pylist() == list(range(90))
+    for row, ref in zip(got.column("sparse").to_pylist(), want.column("sparse").to_pylist(), strict=True):
+        assert [e["index"] for e in row] == [e["index"] for e in ref]
+        # unnormalized weights (~1): fp32 summation order differs between 1 and 2 torch threads
+        np.testing.assert_allclose([e["value"] for e in row], [e["value"] for e in ref], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_vectors(out)[1], _vectors(single)[1], atol=1e-6, rtol=0)
+    assert read_manifest(out)["options"] == read_manifest(single)["options"]
 
 
 KILL_CHILD = """
