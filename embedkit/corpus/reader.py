@@ -78,14 +78,18 @@ def describe_inputs(files: list[Path]) -> list[dict[str, Any]]:
     return out
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, decoded line)`` of a UTF-8 file, streamed (textio's rules)."""
+def _lines(path: Path, at: tuple[int, int] = (0, 1), offsets: bool = False) -> Iterator[tuple[Any, ...]]:
+    """``(line number, decoded line)`` of a UTF-8 file, streamed (textio's rules), from byte offset ``at[0]`` (the
+    start of line number ``at[1]``). With ``offsets``: ``(line number, decoded line, byte offset of the line)``."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise DataError(f"input file {path} cannot be read ({exc.strerror or exc})", hint="check the path") from None
     with fh:
-        for lineno, raw in enumerate(fh, start=1):
+        fh.seek(at[0])
+        position = at[0]
+        for lineno, raw in enumerate(fh, start=at[1]):
+            start, position = position, position + len(raw)
             if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             if raw.endswith(b"\n"):
@@ -93,10 +97,11 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
             try:
-                yield lineno, raw.decode("utf-8")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: not UTF-8 text ({exc.reason}, column {exc.start + 1})",
                                 hint="re-encode the file as UTF-8") from None
+            yield (lineno, line, start) if offsets else (lineno, line)
 
 
 def _json_row(path: Path, lineno: int, line: str) -> dict[str, Any]:
@@ -126,22 +131,23 @@ def _field(where: str, row: dict[str, Any], name: str, option: str, kinds: tuple
     return value
 
 
-def _rows(path: Path, text_field: str, id_field: str | None, skip: int
+def _rows(path: Path, text_field: str, id_field: str | None, skip: int, at: tuple[int, int] | None = None
           ) -> Iterator[tuple[str, str, Any]]:
     """``(where, text, id or None)`` of every row of one file after the first ``skip`` rows (skipped rows are
-    counted, not parsed)."""
+    counted, not parsed). ``at``: the byte offset and line number where row ``skip`` starts (from
+    :func:`row_marks`): a text file is then read from there, nothing before it."""
     suffix = path.suffix.lower()
     if suffix == ".txt":
         if id_field is not None:
             raise DataError(f"input file {path}: --id-field {id_field!r} needs .jsonl or .parquet input",
                             hint="a .txt file has no fields; drop --id-field (ids are row numbers)")
-        for lineno, line in _lines(path):
-            if lineno > skip:
+        for lineno, line in _lines(path, at or (0, 1)):
+            if at is not None or lineno > skip:
                 yield f"{path}:{lineno}", line, None
         return
     if suffix in (".jsonl", ".ndjson"):
-        seen = 0
-        for lineno, line in _lines(path):
+        seen = skip if at is not None else 0
+        for lineno, line in _lines(path, at or (0, 1)):
             if not line.strip():
                 continue
             seen += 1
@@ -195,7 +201,8 @@ def _parquet_rows(path: Path, text_field: str, id_field: str | None, skip: int) 
 
 
 def iter_chunks(files: list[Path], chunk_size: int, *, text_field: str = "text", id_field: str | None = None,
-                start: int = 0, boundary: int | None = None) -> Iterator[Chunk]:
+                start: int = 0, boundary: int | None = None,
+                seek: dict[str, tuple[int, int, int]] | None = None) -> Iterator[Chunk]:
     """Stream the rows of ``files`` (in order) as :class:`Chunk` s of ``chunk_size`` rows, from corpus row
     ``start`` on (rows before it are counted, not parsed: how ``--resume`` skips completed shards).
 
@@ -204,6 +211,10 @@ def iter_chunks(files: list[Path], chunk_size: int, *, text_field: str = "text",
 
     With ``id_field``, every id must be of one kind (all strings or all integers); a row that breaks that raises
     :class:`DataError` naming it.
+
+    ``seek``: ``{file path: (row in that file, byte offset, line number)}`` (:func:`row_marks`): when the rows to
+    skip in that file end exactly at that row, the file is read from that offset instead of counting its first rows
+    (a Ray actor starting a shard deep inside a large file).
 
     Example:
         >>> for chunk in iter_chunks(input_files("corpus/*.jsonl"), 10_000, id_field="id"):
@@ -218,7 +229,12 @@ def iter_chunks(files: list[Path], chunk_size: int, *, text_field: str = "text",
     chunk_start = start
     for path in files:
         skip = max(0, start - row)
-        if skip:
+        mark = (seek or {}).get(str(path))
+        at = None
+        if skip and mark is not None and mark[0] == skip:  # the plan counted this file: it holds more rows
+            row += skip
+            skip_here, at = skip, (mark[1], mark[2])
+        elif skip:
             counted = count_rows(path, text_field, id_field, skip)
             row += counted
             if counted < skip:
@@ -226,7 +242,7 @@ def iter_chunks(files: list[Path], chunk_size: int, *, text_field: str = "text",
             skip_here = skip
         else:
             skip_here = 0
-        for where, text, value in _rows(path, text_field, id_field, skip_here):
+        for where, text, value in _rows(path, text_field, id_field, skip_here, at):
             if id_field is not None:
                 this = str if isinstance(value, str) else int
                 if kind is None:
@@ -259,3 +275,23 @@ def count_rows(path: Path, text_field: str, id_field: str | None, limit: int) ->
         if n >= limit:
             break
     return n
+
+
+def row_marks(path: Path, text_field: str, id_field: str | None, first_row: int, every: int
+              ) -> tuple[int, dict[int, tuple[int, int]]]:
+    """Rows of ``path`` and, for a ``.txt`` / ``.jsonl`` file, where each row whose corpus row number
+    (``first_row`` + its row in the file) is a multiple of ``every`` starts: ``{row in file: (byte offset, line
+    number)}`` (one pass; what :func:`iter_chunks`' ``seek`` takes). Parquet files: their row count, no marks (whole
+    row groups are skipped from the metadata already)."""
+    if path.suffix.lower() == ".parquet":
+        return count_rows(path, text_field, id_field, 1 << 62), {}
+    marks: dict[int, tuple[int, int]] = {}
+    n = 0
+    jsonl = path.suffix.lower() != ".txt"
+    for lineno, line, offset in _lines(path, offsets=True):
+        if jsonl and not line.strip():
+            continue
+        if n and (first_row + n) % every == 0:
+            marks[n] = (offset, lineno)
+        n += 1
+    return n, marks
