@@ -6,8 +6,8 @@ becomes one :class:`Item` of one queue per model, and two threads per model serv
 - the *batcher* pops the oldest items while the batch's padded size (``count * longest``) stays within
   ``max_batch_tokens`` and ``count <= max_batch_requests``, sorts them by token length and pads them (the next batch
   is prepared while the current one runs); on a CPU it pads the sorted batch as a few tight groups
-  (:func:`embedkit.batching.low_padding_groups`): a CPU forward pass costs about its padded tokens, and requests of
-  mixed lengths padded to the longest one wasted ~40 % of them (``benchmarks/serve.py``);
+  (:func:`embedkit.batching.low_padding_groups`): a CPU forward pass costs about its padded tokens, and 64 of
+  ``benchmarks/serve.py``'s texts (5-40 words) padded to the longest one are ~42 % padding, ~15 % as groups;
 - the *inference worker* runs the padded batch through the same steps as :meth:`embedkit.Embedder.encode`
   (``backend.forward`` -> :func:`embedkit.pooling.pool` -> :func:`embedkit.pooling.finalize`, or the ONNX graph's
   pooled output; :mod:`.runner`), checks every value is finite, and resolves each request's future when its last
