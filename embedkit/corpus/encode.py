@@ -79,8 +79,31 @@ def run_identity(embedder: Any, files: list[Path], *, kind: str | None, sparse: 
     }
 
 
-def _nonempty(out_dir: Path) -> bool:
-    return out_dir.is_dir() and any(out_dir.iterdir())
+def check_run_options(output_dtype: str, kind: str | None, **positive: Any) -> None:
+    """The options every corpus run (one process or Ray) checks first: the output dtype, the kind, and the named
+    values that must be positive integers (``shard_size=...``)."""
+    check_output_dtype(output_dtype)
+    for name, value in positive.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SpecError(f"{name} must be a positive integer, got {value!r}",
+                            hint=f"pass {name} as a whole number above 0")
+    if kind not in (None, "queries", "passages"):
+        raise SpecError(f"kind must be 'queries', 'passages' or None, got {kind!r}")
+
+
+def check_output_folder(out: Path, resume: bool, *, file_hint: str) -> bool:
+    """Refuse an output that is a file, an earlier run's folder without ``resume``, or a non-empty folder that is
+    not an encode output; ``True`` when ``out`` holds a manifest (a run to resume)."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--output {out} is a file; Parquet output is a folder of shards", hint=file_hint)
+    has_manifest = (out / MANIFEST).is_file()
+    if has_manifest and not resume:
+        raise DataError(f"--output {out} already holds an encode output ({MANIFEST})",
+                        hint="pass --resume to continue it, or choose a new (empty) folder")
+    if out.is_dir() and any(out.iterdir()) and not has_manifest:
+        raise DataError(f"--output {out} is not empty and holds no {MANIFEST}",
+                        hint="choose a new (empty) folder: encode writes part-*.parquet shards and its manifest there")
+    return has_manifest
 
 
 def _shards(chunks: Iterator[Chunk], shard_size: int) -> Iterator[Iterator[Chunk]]:
@@ -162,28 +185,16 @@ def encode_to_parquet(
     """
     from tqdm.auto import tqdm
 
-    check_output_dtype(output_dtype)
-    for name, value in (("shard_size", shard_size), ("chunk_size", chunk_size), ("calibration_rows", calibration_rows)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise SpecError(f"{name} must be a positive integer, got {value!r}", hint=f"e.g. {name}=10000")
-    if kind not in (None, "queries", "passages"):
-        raise SpecError(f"kind must be 'queries', 'passages' or None, got {kind!r}")
+    check_run_options(output_dtype, kind, shard_size=shard_size, chunk_size=chunk_size,
+                      calibration_rows=calibration_rows)
     out = Path(out_dir)
     files = input_files(input)
     refuse_overwriting_inputs(out, inputs=files, model_dirs=[embedder.path], flag="--output")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--output {out} is a file; Parquet output is a folder of shards",
-                        hint="pass a folder name (or a .npy file name without --format parquet)")
+    has_manifest = check_output_folder(out, resume, file_hint="pass a folder name (or a .npy file name without "
+                                       "--format parquet)")
     identity = run_identity(embedder, files, kind=kind, sparse=sparse, instruction=instruction,
                          instruction_format=instruction_format, text_field=text_field, id_field=id_field,
                          shard_size=shard_size, output_dtype=output_dtype)
-    has_manifest = (out / MANIFEST).is_file()
-    if has_manifest and not resume:
-        raise DataError(f"--output {out} already holds an encode output ({MANIFEST})",
-                        hint="pass --resume to continue it, or choose a new (empty) folder")
-    if _nonempty(out) and not has_manifest:
-        raise DataError(f"--output {out} is not empty and holds no {MANIFEST}",
-                        hint="choose a new (empty) folder: encode writes part-*.parquet shards and its manifest there")
     if has_manifest:
         manifest = read_manifest(out)
         check_resume(out, manifest, identity)

@@ -33,12 +33,14 @@ from ..corpus.encode import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SHARD_SIZE,
     CorpusResult,
+    check_output_folder,
+    check_run_options,
     encode_chunk,
     run_identity,
     shard_batches,
 )
-from ..corpus.manifest import FORMAT, MANIFEST, VERSION, check_resume, read_manifest, record_shard, write_manifest
-from ..corpus.quantize import calibration_ranges, check_output_dtype, output_width
+from ..corpus.manifest import FORMAT, VERSION, check_resume, read_manifest, record_shard, write_manifest
+from ..corpus.quantize import calibration_ranges, output_width
 from ..corpus.reader import Chunk, input_files, iter_chunks, row_marks
 from ..corpus.writer import schema, shard_name, write_shard
 from ..errors import DataError, EmbedkitError, SpecError
@@ -263,13 +265,8 @@ def encode_dataset(
     """
     ray = require("ray", "--ray")
     require("ray.data", "--ray")
-    check_output_dtype(output_dtype)
-    for name, value in (("shard_size", shard_size), ("chunk_size", chunk_size), ("calibration_rows", calibration_rows),
-                        ("workers", workers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise SpecError(f"{name} must be a positive integer, got {value!r}", hint=f"e.g. {name}=4")
-    if kind not in (None, "queries", "passages"):
-        raise SpecError(f"kind must be 'queries', 'passages' or None, got {kind!r}")
+    check_run_options(output_dtype, kind, shard_size=shard_size, chunk_size=chunk_size,
+                      calibration_rows=calibration_rows, workers=workers)
     if sparse and not m3:
         raise SpecError("sparse (bge-m3 lexical weights) needs m3=True", hint="pass m3=True (CLI: --m3 --sparse)")
     if gpus_per_worker < 0:
@@ -284,16 +281,7 @@ def encode_dataset(
 
     refuse_overwriting_inputs(out, inputs=[Path(f) for f in files], model_dirs=[resolve_model_path(model)],
                               flag="--output")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--output {out} is a file; Parquet output is a folder of shards",
-                        hint="pass a folder name")
-    has_manifest = (out / MANIFEST).is_file()
-    if has_manifest and not resume:
-        raise DataError(f"--output {out} already holds an encode output ({MANIFEST})",
-                        hint="pass --resume to continue it, or choose a new (empty) folder")
-    if out.is_dir() and any(out.iterdir()) and not has_manifest:
-        raise DataError(f"--output {out} is not empty and holds no {MANIFEST}",
-                        hint="choose a new (empty) folder: encode writes part-*.parquet shards and its manifest there")
+    has_manifest = check_output_folder(out, resume, file_hint="pass a folder name")
 
     started = _init_ray(ray, address)
     try:
